@@ -15,6 +15,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from .constants import CORE_RCBF, K_H, TISSUE_DENSITY_G_PER_ML, TMAX_THRESHOLD_S
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def cbv_ml_100g(tissue_area: np.ndarray, aif_area: float,
                 physiology: Physiology = Physiology()) -> np.ndarray:
     """CBV [ml/100 g] from the areas under the tissue curves and the AIF (same units, HU.s)."""
     if not aif_area > 0:
-        raise ValueError(f"the AIF has no positive area ({aif_area:.3g} HU.s): it cannot scale CBV")
+        raise InputError(f"the AIF has no positive area ({aif_area:.3g} HU.s): it cannot scale CBV")
     return (physiology.scale * 100.0 * np.asarray(tissue_area, dtype=np.float64) / aif_area).astype(np.float32)
 
 
@@ -77,7 +78,7 @@ def relative_map(values: np.ndarray, control: np.ndarray) -> Tuple[np.ndarray, f
     values = np.asarray(values, dtype=np.float32)
     ref = float(np.mean(values[control])) if np.any(control) else float("nan")
     if not np.isfinite(ref) or ref <= 0:
-        raise ValueError("no control tissue (Tmax below threshold) with positive values to normalise to")
+        raise InputError("no control tissue (Tmax below threshold) with positive values to normalise to")
     return (values / ref).astype(np.float32), ref
 
 

@@ -1,0 +1,130 @@
+"""The AIFSelector stages on a whole series: prepare (bolus, baseline, masks), input functions, maps.
+
+Each stage is a function, so the Slicer Logic can re-run one (a corrected AIF → new maps) without the
+others. Memory stays bounded: every pass over the 4D data goes slab by slab.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from .aif_quality import aif_quality_flags
+from .constants import TMAX_THRESHOLD_S
+from .ctp_series import CTPSeries
+from .errors import InputError
+from .input_functions import InputFunctions, baseline_removed, vof_scale
+from .perfusion_maps import Physiology, maps_from_curves, relative_maps
+from .preprocessing import (VESSEL_PEAK_HU, Bolus, baseline_image, brain_mask, detect_bolus,
+                            enhancement, global_curve, slabs, smooth_inplane)
+
+MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp")
+VESSEL_CBV_ML_100G = 8.0
+"""Voxels with CBV above this are vessels, not tissue (parenchymal CBV stays below ~6 ml/100 g)."""
+
+
+@dataclass
+class PreparedSeries:
+    """A uniformly sampled series with what every later stage needs.
+
+    baseline_hu, peak_enh_hu: (z, y, x) float32 pre-contrast HU and peak enhancement (HU).
+    intracranial, brain, vessels: (z, y, x) bool; brain = parenchyma (CSF, bone, air out);
+    tissue = brain without vessels: where maps are computed.
+    """
+
+    series: CTPSeries
+    bolus: Bolus
+    baseline_hu: np.ndarray
+    peak_enh_hu: np.ndarray
+    intracranial: np.ndarray
+    brain: np.ndarray
+    vessels: np.ndarray
+
+    @property
+    def tissue(self) -> np.ndarray:
+        return self.brain & ~self.vessels
+
+
+def prepare(series: CTPSeries, brain_override: Optional[np.ndarray] = None) -> PreparedSeries:
+    """Bolus arrival, baseline image, peak enhancement, brain and vessel masks of a uniform series.
+
+    brain_override: a user mask (z, y, x) replacing the automatic parenchyma mask (same grid).
+    """
+    if not series.is_uniform:
+        raise InputError("frame times are irregular: resample the series to a uniform grid first")
+    bolus = detect_bolus(global_curve(series), series.times_s)
+    base = baseline_image(series, bolus.n_baseline)
+    peak = np.empty(series.shape_zyx, np.float32)
+    for zs in slabs(series.shape_zyx):
+        peak[zs] = (series.data[:, zs].astype(np.float32) - base[zs][None]).max(axis=0)
+    intracranial, brain = brain_mask(base, series.geometry.spacing_mm)
+    if brain_override is not None:
+        brain_override = np.asarray(brain_override, bool)
+        if brain_override.shape != series.shape_zyx:
+            raise InputError(f"the mask has shape {brain_override.shape}, the series {series.shape_zyx}")
+        brain = brain_override
+        intracranial = intracranial | brain
+    if not brain.any():
+        raise InputError("no brain tissue found (HU between CSF and bone): is this a head CT perfusion series?")
+    vessels = intracranial & (peak > VESSEL_PEAK_HU)
+    return PreparedSeries(series, bolus, base, peak, intracranial, brain, vessels)
+
+
+@dataclass
+class PerfusionMaps:
+    """Maps (z, y, x) float32 named cbf, cbv, mtt, tmax, ttp, rcbf, rcbv (zero outside tissue), the AIF
+    actually deconvolved (enhancement, HU, after partial-volume scaling) and the reference values."""
+
+    maps: Dict[str, np.ndarray]
+    tissue: np.ndarray
+    aif_enh_hu: np.ndarray
+    aif_scale: float
+    control: Dict[str, float]
+    quality_flags: Dict[str, bool] = field(default_factory=dict)
+
+
+def deconvolution_aif(prepared: PreparedSeries, functions: InputFunctions):
+    """The AIF to deconvolve with: baseline removed and scaled to the VOF's area. Returns (aif_enh, scale)."""
+    n0 = prepared.bolus.n_baseline
+    aif = baseline_removed(functions.aif_hu, n0)
+    vof = None if functions.vof_hu is None else baseline_removed(functions.vof_hu, n0)
+    scale = vof_scale(aif, vof)
+    return (aif * scale).astype(np.float32), scale
+
+
+def compute_maps(prepared: PreparedSeries, functions: InputFunctions, method: str = "osvd",
+                 smooth_mm: float = 2.0, physiology: Physiology = Physiology(),
+                 tmax_threshold_s: float = TMAX_THRESHOLD_S, device: Optional[str] = None,
+                 progress: Optional[Callable] = None, **deconvolution_options) -> PerfusionMaps:
+    """Perfusion maps of the prepared series with the given input functions.
+
+    smooth_mm: in-plane Gaussian sigma (mm) applied to tissue enhancement before deconvolution (vessels
+    and CSF excluded from the smoothing). progress: optional callable(fraction_done) per slab.
+    Vessels the maps reveal (CBV > VESSEL_CBV_ML_100G) join the vessel mask and leave the tissue.
+    """
+    series = prepared.series
+    aif_enh, scale = deconvolution_aif(prepared, functions)
+    shape = series.shape_zyx
+    maps = {k: np.zeros(shape, np.float32) for k in MAP_NAMES}
+    tissue = prepared.tissue.copy()
+    all_slabs = list(slabs(shape, max_voxels=1 << 19))
+    for i, zs in enumerate(all_slabs):
+        m = tissue[zs]
+        if m.any():
+            enh = smooth_inplane(enhancement(series.data[:, zs], prepared.baseline_hu[zs]), m,
+                                 smooth_mm, series.geometry.spacing_mm)
+            out = maps_from_curves(enh[:, m].T, aif_enh, series.dt_s, method=method,
+                                   physiology=physiology, device=device, **deconvolution_options)
+            for k in MAP_NAMES:
+                maps[k][zs][m] = out[k]
+        if progress is not None:
+            progress((i + 1) / len(all_slabs))
+    big = tissue & (maps["cbv"] > VESSEL_CBV_ML_100G)
+    prepared.vessels |= big
+    tissue &= ~big
+    for k in MAP_NAMES:
+        maps[k][~tissue] = 0.0
+    control = relative_maps(maps, tissue, tmax_threshold_s)
+    for k in ("rcbf", "rcbv"):
+        maps[k][~tissue] = 0.0
+    flags = aif_quality_flags(aif_enh, series.dt_s, prepared.bolus.arrival_s)
+    return PerfusionMaps(maps, tissue, aif_enh, scale, control, flags)

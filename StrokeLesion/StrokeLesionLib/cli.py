@@ -1,0 +1,238 @@
+"""The `strokelesion` command line (see README and DESIGN.md for the contract).
+
+Every command that writes a folder checks it is free before working, writes into a staging folder and
+renames it into place at the end, so a failure leaves no partial output. Bad input prints one line,
+``strokelesion: error: <what is wrong>``, and exits with status 2.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from AIFSelectorLib.errors import InputError
+
+from .lesion_thresholds import MIN_ISLAND_ML, Thresholds
+from .output_folder import check_free, staged_folder
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+    bar = tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+
+    def update(fraction: float):
+        bar.n = int(round(100 * fraction))
+        bar.refresh()
+        if fraction >= 1:
+            bar.close()
+    return update
+
+
+def load_series(path, dt_s=None):
+    """A CTP series from any supported input, resampled to a uniform grid when its frames are irregular.
+    Returns (series, note) where note says what was resampled, or ''."""
+    from AIFSelectorLib.ctp_io import load_ctp, resample_uniform
+    series = load_ctp(path, dt_s=dt_s)
+    if series.is_uniform:
+        return series, ""
+    uniform = resample_uniform(series)
+    return uniform, f"irregular frame times resampled to a uniform {uniform.dt_s:g} s grid"
+
+
+def _load_mask(path, series):
+    from AIFSelectorLib.volume_io import read_volume
+    mask, geometry = read_volume(path)
+    if mask.shape != series.shape_zyx or not geometry.matches(series.geometry):
+        raise InputError(f"the mask {Path(path).name} has another geometry than the series "
+                         f"(shape {mask.shape} vs {series.shape_zyx}, spacing {geometry.spacing_mm} vs "
+                         f"{series.geometry.spacing_mm})")
+    return mask > 0
+
+
+def _options(args):
+    from .pipeline import RunOptions
+    return RunOptions(aif=getattr(args, "aif", "classic"), method=args.method,
+                      thresholds=Thresholds(args.core_rcbf, args.tmax, args.min_island_ml),
+                      smooth_mm=args.smooth_mm, device=args.device)
+
+
+def _run_and_write(series, options, out, overwrite, source, note="", extra_report=None, stage_hook=None):
+    from .pipeline import report_dict, run_case, write_outputs
+    check_free(out, overwrite)
+    result = run_case(series, options, progress=_progress_bar("maps"))
+    report = report_dict(result, source)
+    if note:
+        report["input"]["note"] = note
+    with staged_folder(out, overwrite) as stage:
+        if stage_hook is not None:
+            report.update(stage_hook(stage, result) or {})
+        if extra_report:
+            report.update(extra_report)
+        write_outputs(result, stage, report)
+    return result, report
+
+
+def _print_volumes(report):
+    v = report["volumes_ml"]
+    ratio = "n/a" if v["mismatch_ratio"] is None else f"{v['mismatch_ratio']:.2f}"
+    print(f"core {v['core_ml']:.1f} ml, penumbra {v['penumbra_ml']:.1f} ml, "
+          f"mismatch ratio {ratio}, mismatch volume {v['mismatch_volume_ml']:.1f} ml")
+    flags = [k for k, on in report["aif"]["quality_flags"].items() if on]
+    if flags:
+        print("AIF quality flags: " + ", ".join(flags))
+    for w in report["aif"]["warnings"]:
+        print("warning: " + w)
+
+
+def cmd_run(args):
+    series, note = load_series(args.ctp, args.dt)
+    options = _options(args)
+    if args.mask:
+        options.brain_mask = _load_mask(args.mask, series)
+    result, report = _run_and_write(series, options, args.out, args.overwrite, str(args.ctp), note)
+    _print_volumes(report)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_aif(args):
+    from AIFSelectorLib import aif_csv
+    from AIFSelectorLib.perfusion_pipeline import prepare
+    from AIFSelectorLib.volume_io import write_volume
+    from .pipeline import select_input_functions, write_json
+    series, note = load_series(args.ctp, args.dt)
+    check_free(args.out, args.overwrite)
+    prepared = prepare(series)
+    f = select_input_functions(prepared, "classic")
+    with staged_folder(args.out, args.overwrite) as stage:
+        aif_csv.write_aif_csv(stage / "aif.csv", f.times_s, f.aif_hu, f.vof_hu)
+        write_volume(stage / "aif_pvol.nii.gz", f.aif_pvol, series.geometry)
+        if f.vof_pvol is not None:
+            write_volume(stage / "vof_pvol.nii.gz", f.vof_pvol, series.geometry)
+        write_json(stage / "report.json", {"input": {"source": str(args.ctp), "note": note},
+                                           "aif": {"selector": f.method, "warnings": f.warnings,
+                                                   "bolus_arrival_s": prepared.bolus.arrival_s}})
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_phantom(args):
+    from AIFSelectorLib.phantom import make_phantom, write_phantom
+    check_free(args.out, args.overwrite)
+    case = make_phantom(seed=args.seed, noise_hu=args.noise_hu)
+    with staged_folder(args.out, args.overwrite) as stage:
+        write_phantom(case, stage)
+    print(f"wrote phantom seed {args.seed} to {args.out}")
+    return 0
+
+
+def cmd_demo(args):
+    from AIFSelectorLib.phantom import make_phantom, write_phantom
+    from .truth_comparison import compare_with_truth, format_comparison
+    check_free(args.out, args.overwrite)
+    print(f"making the digital phantom (seed {args.seed}) ...")
+    case = make_phantom(seed=args.seed)
+    options = _options(args)
+    phantom_dir = Path(args.out).resolve().parent / f".{Path(args.out).name}.phantom-input"
+    try:
+        write_phantom(case, phantom_dir)
+        series, note = load_series(phantom_dir / "ctp.nii.gz")
+
+        def keep_phantom_and_compare(stage, result):
+            phantom_dir.rename(stage / "phantom")
+            return {"truth_comparison": compare_with_truth(result, case)}
+
+        result, report = _run_and_write(series, options, args.out, args.overwrite, "phantom/ctp.nii.gz",
+                                        note, stage_hook=keep_phantom_and_compare)
+    finally:
+        if phantom_dir.exists():
+            import shutil
+            shutil.rmtree(phantom_dir, ignore_errors=True)
+    print(format_comparison(report["truth_comparison"]))
+    print(f"wrote {args.out} (phantom and its truth in {Path(args.out) / 'phantom'})")
+    return 0
+
+
+def cmd_maps(args):
+    series, note = load_series(args.ctp, args.dt)
+    options = _options(args)
+    if args.mask:
+        options.brain_mask = _load_mask(args.mask, series)
+    result, report = _run_and_write(series, options, args.out, args.overwrite, str(args.ctp), note)
+    _print_volumes(report)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="strokelesion", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common_out(sp):
+        sp.add_argument("--out", required=True, type=Path, help="output folder (must not exist)")
+        sp.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+    def common_ctp(sp):
+        sp.add_argument("ctp", type=Path, help="4D NIfTI, .seq.nrrd, DICOM folder or ISLES 2018 case folder")
+        sp.add_argument("--dt", type=float, default=None, help="frame interval in seconds (overrides the file)")
+
+    def common_maps(sp):
+        sp.add_argument("--method", choices=("osvd", "csvd", "tikhonov"), default="osvd")
+        sp.add_argument("--core-rcbf", type=float, default=Thresholds().core_rcbf,
+                        help="core: rCBF below this fraction (0.38; 0.30 as RAPID)")
+        sp.add_argument("--tmax", type=float, default=Thresholds().tmax_s, help="Tmax threshold in seconds")
+        sp.add_argument("--min-island-ml", type=float, default=MIN_ISLAND_ML,
+                        help="drop core/penumbra islands smaller than this (ml)")
+        sp.add_argument("--smooth-mm", type=float, default=2.0, help="in-plane Gaussian sigma (mm) before deconvolution")
+        sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="run deconvolution with torch on this device (default: numpy)")
+
+    sp = sub.add_parser("run", help="whole pipeline on one CTP series")
+    common_ctp(sp)
+    common_out(sp)
+    sp.add_argument("--aif", default="classic", help="classic, or a CSV file time_s,aif_hu[,vof_hu]")
+    sp.add_argument("--mask", type=Path, help="brain mask replacing the automatic one (same geometry)")
+    common_maps(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("maps", help="maps from a given AIF (CSV)")
+    common_ctp(sp)
+    common_out(sp)
+    sp.add_argument("--aif", required=True, help="CSV file time_s,aif_hu[,vof_hu]")
+    sp.add_argument("--mask", type=Path, help="brain mask replacing the automatic one (same geometry)")
+    common_maps(sp)
+    sp.set_defaults(func=cmd_maps)
+
+    sp = sub.add_parser("aif", help="AIF/VOF curves and Pvol volumes only")
+    common_ctp(sp)
+    common_out(sp)
+    sp.set_defaults(func=cmd_aif)
+
+    sp = sub.add_parser("phantom", help="a digital CTP phantom with its ground truth")
+    common_out(sp)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--noise-hu", type=float, default=5.0, help="CT noise sigma per voxel and frame (HU)")
+    sp.set_defaults(func=cmd_phantom)
+
+    sp = sub.add_parser("demo", help="phantom → whole pipeline → results beside the truth")
+    sp.add_argument("--out", type=Path, default=Path("strokelesion-demo"))
+    sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("--seed", type=int, default=0)
+    common_maps(sp)
+    sp.set_defaults(func=cmd_demo, aif="classic")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as e:
+        print(f"strokelesion: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("strokelesion: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The whole case: CTP series → input functions → perfusion maps → core/penumbra → output folder.
+
+`run_case` computes, `write_outputs` writes the output folder of the command-line contract. The
+Slicer Logic and the command line both call these.
+"""
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from AIFSelectorLib import aif_csv
+from AIFSelectorLib.aif_classic import select_classic
+from AIFSelectorLib.ctp_series import CTPSeries
+from AIFSelectorLib.input_functions import InputFunctions
+from AIFSelectorLib.perfusion_pipeline import PerfusionMaps, PreparedSeries, compute_maps, prepare
+from AIFSelectorLib.volume_io import atomic_path, write_volume
+
+from .lesion_thresholds import Thresholds, decide, lesion_volumes
+
+VERSION = "0.1.0"
+MAP_FILES = ("cbf", "cbv", "mtt", "tmax", "ttp", "rcbf", "rcbv")
+
+
+@dataclass
+class RunOptions:
+    """What `strokelesion run` lets a user choose (command-line flags of the same names)."""
+
+    aif: str = "classic"
+    """'classic' or the path of an AIF CSV (time_s, aif_hu[, vof_hu])."""
+    method: str = "osvd"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    smooth_mm: float = 2.0
+    device: Optional[str] = None
+    brain_mask: Optional[np.ndarray] = None
+
+
+@dataclass
+class CaseResult:
+    prepared: PreparedSeries
+    functions: InputFunctions
+    perfusion: PerfusionMaps
+    core: np.ndarray
+    penumbra: np.ndarray
+    volumes: Dict[str, Optional[float]]
+    timings_s: Dict[str, float]
+    options: RunOptions
+
+    @property
+    def series(self) -> CTPSeries:
+        return self.prepared.series
+
+
+def select_input_functions(prepared: PreparedSeries, aif: str = "classic") -> InputFunctions:
+    """AIF/VOF by the named selector, or read from a CSV file on the series' time grid."""
+    if aif == "classic":
+        return select_classic(prepared.series, prepared.intracranial, prepared.baseline_hu,
+                              prepared.peak_enh_hu)
+    times, aif_hu, vof_hu = aif_csv.read_aif_csv(aif, times_s=prepared.series.times_s)
+    return InputFunctions(times_s=times, aif_hu=aif_hu, vof_hu=vof_hu, method="file",
+                          details={"file": str(aif)})
+
+
+def run_case(series: CTPSeries, options: RunOptions = RunOptions(), progress=None) -> CaseResult:
+    """Every stage on one uniformly sampled series; progress: optional callable(fraction) for the maps."""
+    timings = {}
+    t0 = time.perf_counter()
+    prepared = prepare(series, options.brain_mask)
+    timings["prepare"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    functions = select_input_functions(prepared, options.aif)
+    timings["input_functions"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    perfusion = compute_maps(prepared, functions, method=options.method, smooth_mm=options.smooth_mm,
+                             tmax_threshold_s=options.thresholds.tmax_s, device=options.device,
+                             progress=progress)
+    timings["maps"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    voxel_ml = series.geometry.voxel_volume_ml
+    core, penumbra = decide(perfusion.maps["rcbf"], perfusion.maps["tmax"], perfusion.tissue, voxel_ml,
+                            options.thresholds)
+    timings["core_penumbra"] = time.perf_counter() - t0
+    return CaseResult(prepared, functions, perfusion, core, penumbra,
+                      lesion_volumes(core, penumbra, voxel_ml), timings, options)
+
+
+def report_dict(result: CaseResult, source: str = "") -> dict:
+    """The content of report.json: volumes (ml), mismatch, AIF quality, thresholds, methods, timings."""
+    series, f, p = result.series, result.functions, result.perfusion
+    return {
+        "strokelesion_version": VERSION,
+        "input": {"source": source, "shape_tzyx": list(series.data.shape),
+                  "spacing_mm": list(series.geometry.spacing_mm), "frame_interval_s": series.dt_s,
+                  "duration_s": float(series.times_s[-1] - series.times_s[0])},
+        "volumes_ml": result.volumes,
+        "thresholds": asdict(result.options.thresholds),
+        "aif": {"selector": f.method, "bolus_arrival_s": result.prepared.bolus.arrival_s,
+                "baseline_frames": result.prepared.bolus.n_baseline,
+                "aif_peak_enhancement_hu": float(np.max(p.aif_enh_hu)),
+                "vof_partial_volume_scale": p.aif_scale, "quality_flags": p.quality_flags,
+                "warnings": list(f.warnings), **{k: v for k, v in f.details.items()}},
+        "maps": {"deconvolution": result.options.method, "smoothing_sigma_mm": result.options.smooth_mm,
+                 "control_tissue": p.control, "tissue_ml": float(p.tissue.sum() * series.geometry.voxel_volume_ml),
+                 "units": {"cbf": "ml/100g/min", "cbv": "ml/100g", "mtt": "s", "tmax": "s", "ttp": "s",
+                           "rcbf": "fraction of control", "rcbv": "fraction of control"}},
+        "models": {},
+        "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
+    }
+
+
+def write_outputs(result: CaseResult, folder: Path, report: dict, figure: bool = True) -> None:
+    """Writes the contract's files into ``folder`` (a staging folder: see output_folder)."""
+    folder = Path(folder)
+    g = result.series.geometry
+    for name in MAP_FILES:
+        write_volume(folder / f"{name}.nii.gz", result.perfusion.maps[name], g)
+    write_volume(folder / "brain_mask.nii.gz", result.prepared.brain, g)
+    write_volume(folder / "core.nii.gz", result.core, g)
+    write_volume(folder / "penumbra.nii.gz", result.penumbra, g)
+    f = result.functions
+    aif_csv.write_aif_csv(folder / "aif.csv", f.times_s, f.aif_hu, f.vof_hu)
+    for name, pvol in (("aif_pvol", f.aif_pvol), ("vof_pvol", f.vof_pvol)):
+        if pvol is not None:
+            write_volume(folder / f"{name}.nii.gz", pvol, g)
+    if figure:
+        from .report_figure import save_report_figure
+        save_report_figure(result, folder / "report.png")
+    write_json(folder / "report.json", report)
+
+
+def write_json(path, content: dict) -> None:
+    """Atomic, readable JSON."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(content, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
