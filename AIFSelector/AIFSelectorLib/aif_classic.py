@@ -1,6 +1,6 @@
 """Classic automatic AIF/VOF selection, no network needed (Mouridsen et al., MRM 2006, adapted to CT).
 
-AIF: among intracranial voxels away from bone, keep the strongest enhancers (top fraction by peak),
+AIF: among intracranial voxels away from bone, keep the strong enhancers (peak above tissue's range),
 drop the roughest curves (noise, motion at bone edges), cluster the area-normalised curves with k-means
 twice, each time keeping the cluster with the earliest first moment (the arterial shape), and average
 the highest-peak voxels of the final cluster.
@@ -15,36 +15,40 @@ from scipy.cluster.vq import kmeans2
 from .ctp_series import CTPSeries
 from .errors import InputError
 from .input_functions import InputFunctions, pvol_from_voxels, weighted_curve
-from .preprocessing import curve_features, enhancement
+from .preprocessing import VESSEL_PEAK_HU, curve_features, enhancement
 
 
 def candidate_curves(series: CTPSeries, intracranial: np.ndarray, baseline_hu: np.ndarray,
-                     peak_enh_hu: np.ndarray, top_fraction: float = 0.02, min_voxels: int = 200):
-    """The strongest-enhancing intracranial voxels: indices (n, 3) zyx and enhancement curves (n, t).
-    peak_enh_hu: (z, y, x) peak enhancement of every voxel.
+                     peak_enh_hu: np.ndarray, min_peak_hu: float = VESSEL_PEAK_HU, min_voxels: int = 100):
+    """The strong enhancers among intracranial voxels: indices (n, 3) zyx and enhancement curves (n, t).
 
-    Voxels within 2 voxels of the skull are left out (partial volume with bone, motion at its edge).
+    Vessels enhance far more than tissue (~10-40 HU), so candidates are voxels whose peak enhancement
+    exceeds ``min_peak_hu``; when fewer than ``min_voxels`` do (a weak bolus), the ``min_voxels``
+    strongest. Voxels within 2 voxels of the skull are left out (partial volume with bone, motion).
+    peak_enh_hu: (z, y, x) peak enhancement of every voxel.
     """
     away = ndimage.binary_erosion(intracranial, np.ones((1, 5, 5), bool))
     idx = np.argwhere(away)
     if len(idx) == 0:
         raise InputError("no intracranial soft tissue found to select an AIF from: is this a head CT perfusion series?")
     peak = peak_enh_hu[tuple(idx.T)]
-    n_keep = int(min(len(idx), max(min_voxels, top_fraction * len(idx))))
-    keep = np.argsort(peak)[::-1][:n_keep]
-    idx = idx[keep]
+    strong = np.flatnonzero(peak > min_peak_hu)
+    if len(strong) < min_voxels:
+        strong = np.argsort(peak)[::-1][:min_voxels]
+    idx = idx[strong]
     z, y, x = idx.T
     curves = enhancement(series.data[:, z, y, x], baseline_hu[z, y, x]).T
     return idx, curves
 
 
-def _earliest_cluster(shapes: np.ndarray, m1: np.ndarray, k: int, seed: int) -> np.ndarray:
+def _earliest_cluster(shapes: np.ndarray, m1: np.ndarray, k: int, seed: int, min_size: int = 5) -> np.ndarray:
     """Boolean selection of the k-means cluster (on area-normalised curves) with the lowest mean first
-    moment; all True when there are too few curves to cluster."""
-    if len(shapes) < 2 * k:
+    moment among clusters of at least ``min_size`` curves; all True when there are too few to cluster."""
+    if len(shapes) < 2 * k * min_size:
         return np.ones(len(shapes), bool)
     _, labels = kmeans2(shapes.astype(np.float64), k, minit="++", seed=np.random.default_rng(seed))
-    means = [m1[labels == c].mean() if np.any(labels == c) else np.inf for c in range(k)]
+    sizes = np.bincount(labels, minlength=k)
+    means = [m1[labels == c].mean() if sizes[c] >= min_size else np.inf for c in range(k)]
     return labels == int(np.argmin(means))
 
 

@@ -5,6 +5,7 @@ renames it into place at the end, so a failure leaves no partial output. Bad inp
 ``strokelesion: error: <what is wrong>``, and exits with status 2.
 """
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -14,17 +15,24 @@ from .lesion_thresholds import MIN_ISLAND_ML, Thresholds
 from .output_folder import check_free, staged_folder
 
 
+@contextlib.contextmanager
 def _progress_bar(desc: str):
-    from tqdm import tqdm
-    bar = tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+    """Yields a callable(fraction) drawing a progress bar on stderr, created on first use and always
+    cleared at the end (so an error message starts on a clean line)."""
+    bar = []
 
     def update(fraction: float):
-        bar.n = int(round(100 * fraction))
-        bar.refresh()
-        if fraction >= 1:
-            bar.close()
-    return update
+        if not bar:
+            from tqdm import tqdm
+            bar.append(tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}"))
+        bar[0].n = int(round(100 * fraction))
+        bar[0].refresh()
+    try:
+        yield update
+    finally:
+        if bar:
+            bar[0].close()
 
 
 def load_series(path, dt_s=None):
@@ -50,7 +58,7 @@ def _load_mask(path, series):
 
 def _options(args):
     from .pipeline import RunOptions
-    return RunOptions(aif=getattr(args, "aif", "classic"), method=args.method,
+    return RunOptions(aif=getattr(args, "aif", "aifnet"), method=args.method,
                       thresholds=Thresholds(args.core_rcbf, args.tmax, args.min_island_ml),
                       smooth_mm=args.smooth_mm, device=args.device)
 
@@ -58,7 +66,8 @@ def _options(args):
 def _run_and_write(series, options, out, overwrite, source, note="", extra_report=None, stage_hook=None):
     from .pipeline import report_dict, run_case, write_outputs
     check_free(out, overwrite)
-    result = run_case(series, options, progress=_progress_bar("maps"))
+    with _progress_bar("maps") as progress:
+        result = run_case(series, options, progress=progress)
     report = report_dict(result, source)
     if note:
         report["input"]["note"] = note
@@ -83,7 +92,31 @@ def _print_volumes(report):
         print("warning: " + w)
 
 
+def _check_scene(args):
+    """--scene OUT.mrb: fails before any work when the bundle cannot be written."""
+    scene = getattr(args, "scene", None)
+    if scene is None:
+        return
+    if scene.suffix.lower() != ".mrb":
+        raise InputError(f"--scene must name a Slicer scene bundle ending in .mrb, got {scene.name}")
+    if scene.exists() and not args.overwrite:
+        raise InputError(f"scene bundle {scene} already exists: choose another name or pass --overwrite")
+    import importlib.util
+    if importlib.util.find_spec("slicer") is None:
+        raise InputError("--scene needs slicer-core: pip install slicer-core")
+
+
+def _write_scene(args, result):
+    """Writes the --scene bundle (atomically) after the run; imports slicer only here."""
+    if getattr(args, "scene", None) is None:
+        return
+    from .scene_bundle import write_scene_bundle
+    write_scene_bundle(result, args.scene)
+    print(f"wrote {args.scene}")
+
+
 def cmd_run(args):
+    _check_scene(args)
     series, note = load_series(args.ctp, args.dt)
     options = _options(args)
     if args.mask:
@@ -91,6 +124,7 @@ def cmd_run(args):
     result, report = _run_and_write(series, options, args.out, args.overwrite, str(args.ctp), note)
     _print_volumes(report)
     print(f"wrote {args.out}")
+    _write_scene(args, result)
     return 0
 
 
@@ -102,15 +136,18 @@ def cmd_aif(args):
     series, note = load_series(args.ctp, args.dt)
     check_free(args.out, args.overwrite)
     prepared = prepare(series)
-    f = select_input_functions(prepared, "classic")
+    f = select_input_functions(prepared, args.aif, args.device)
     with staged_folder(args.out, args.overwrite) as stage:
         aif_csv.write_aif_csv(stage / "aif.csv", f.times_s, f.aif_hu, f.vof_hu)
         write_volume(stage / "aif_pvol.nii.gz", f.aif_pvol, series.geometry)
         if f.vof_pvol is not None:
             write_volume(stage / "vof_pvol.nii.gz", f.vof_pvol, series.geometry)
         write_json(stage / "report.json", {"input": {"source": str(args.ctp), "note": note},
+                                           "models": f.details.get("models", {}),
                                            "aif": {"selector": f.method, "warnings": f.warnings,
                                                    "bolus_arrival_s": prepared.bolus.arrival_s}})
+    for w in f.warnings:
+        print("warning: " + w)
     print(f"wrote {args.out}")
     return 0
 
@@ -129,6 +166,7 @@ def cmd_demo(args):
     from AIFSelectorLib.phantom import make_phantom, write_phantom
     from .truth_comparison import compare_with_truth, format_comparison
     check_free(args.out, args.overwrite)
+    _check_scene(args)
     print(f"making the digital phantom (seed {args.seed}) ...")
     case = make_phantom(seed=args.seed)
     options = _options(args)
@@ -148,7 +186,10 @@ def cmd_demo(args):
             import shutil
             shutil.rmtree(phantom_dir, ignore_errors=True)
     print(format_comparison(report["truth_comparison"]))
+    for w in report["aif"]["warnings"]:
+        print("warning: " + w)
     print(f"wrote {args.out} (phantom and its truth in {Path(args.out) / 'phantom'})")
+    _write_scene(args, result)
     return 0
 
 
@@ -189,9 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("run", help="whole pipeline on one CTP series")
     common_ctp(sp)
     common_out(sp)
-    sp.add_argument("--aif", default="classic", help="classic, or a CSV file time_s,aif_hu[,vof_hu]")
+    sp.add_argument("--aif", default="aifnet",
+                    help="aifnet (default; falls back to classic with a warning if its weights are unusable), "
+                         "classic, or a CSV file time_s,aif_hu[,vof_hu]")
     sp.add_argument("--mask", type=Path, help="brain mask replacing the automatic one (same geometry)")
     common_maps(sp)
+    sp.add_argument("--scene", type=Path, help="also write a Slicer scene bundle (.mrb; needs slicer-core)")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("maps", help="maps from a given AIF (CSV)")
@@ -205,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("aif", help="AIF/VOF curves and Pvol volumes only")
     common_ctp(sp)
     common_out(sp)
+    sp.add_argument("--aif", choices=("aifnet", "classic"), default="aifnet", help="AIF/VOF selector")
+    sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="AIFNet device (auto: CUDA when present)")
     sp.set_defaults(func=cmd_aif)
 
     sp = sub.add_parser("phantom", help="a digital CTP phantom with its ground truth")
@@ -218,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     sp.add_argument("--seed", type=int, default=0)
     common_maps(sp)
-    sp.set_defaults(func=cmd_demo, aif="classic")
+    sp.add_argument("--aif", choices=("aifnet", "classic"), default="aifnet", help="AIF/VOF selector")
+    sp.add_argument("--scene", type=Path, help="also write a Slicer scene bundle (.mrb; needs slicer-core)")
+    sp.set_defaults(func=cmd_demo)
     return p
 
 

@@ -28,8 +28,9 @@ MAP_FILES = ("cbf", "cbv", "mtt", "tmax", "ttp", "rcbf", "rcbv")
 class RunOptions:
     """What `strokelesion run` lets a user choose (command-line flags of the same names)."""
 
-    aif: str = "classic"
-    """'classic' or the path of an AIF CSV (time_s, aif_hu[, vof_hu])."""
+    aif: str = "aifnet"
+    """'aifnet' (falls back to 'classic' with a warning when its weights are unusable), 'classic', or the
+    path of an AIF CSV (time_s, aif_hu[, vof_hu])."""
     method: str = "osvd"
     thresholds: Thresholds = field(default_factory=Thresholds)
     smooth_mm: float = 2.0
@@ -53,8 +54,27 @@ class CaseResult:
         return self.prepared.series
 
 
-def select_input_functions(prepared: PreparedSeries, aif: str = "classic") -> InputFunctions:
-    """AIF/VOF by the named selector, or read from a CSV file on the series' time grid."""
+def select_input_functions(prepared: PreparedSeries, aif: str = "aifnet",
+                           device: Optional[str] = None) -> InputFunctions:
+    """AIF/VOF by the named selector ('aifnet' or 'classic'), or read from a CSV file on the series' time
+    grid. 'aifnet' runs on ``device`` (None/'auto': CUDA when present); when torch or the AIFNet weights
+    are missing or corrupted it falls back to the classic selector and says so in the warnings."""
+    if aif == "aifnet":
+        try:
+            from AIFSelectorLib.aifnet_inference import select_aifnet
+        except ImportError as e:
+            reason = f"torch is not available ({e})"
+        else:
+            from AIFSelectorLib.aifnet_inference import WeightsError
+            try:
+                return select_aifnet(prepared.series, device=device, n_baseline=prepared.bolus.n_baseline,
+                                     peak_enh_hu=prepared.peak_enh_hu)
+            except WeightsError as e:
+                reason = str(e)
+        f = select_input_functions(prepared, "classic")
+        f.warnings.insert(0, f"AIFNet unavailable, the classic AIF selector was used instead: {reason}")
+        f.details["aifnet_fallback"] = reason
+        return f
     if aif == "classic":
         return select_classic(prepared.series, prepared.intracranial, prepared.baseline_hu,
                               prepared.peak_enh_hu)
@@ -71,7 +91,7 @@ def run_case(series: CTPSeries, options: RunOptions = RunOptions(), progress=Non
     timings["prepare"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    functions = select_input_functions(prepared, options.aif)
+    functions = select_input_functions(prepared, options.aif, options.device)
     timings["input_functions"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -108,7 +128,7 @@ def report_dict(result: CaseResult, source: str = "") -> dict:
                  "control_tissue": p.control, "tissue_ml": float(p.tissue.sum() * series.geometry.voxel_volume_ml),
                  "units": {"cbf": "ml/100g/min", "cbv": "ml/100g", "mtt": "s", "tmax": "s", "ttp": "s",
                            "rcbf": "fraction of control", "rcbv": "fraction of control"}},
-        "models": {},
+        "models": dict(f.details.get("models", {})),
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
     }
 
