@@ -106,7 +106,7 @@ def compute_maps(prepared: PreparedSeries, functions: InputFunctions, method: st
     shape = series.shape_zyx
     maps = {k: np.zeros(shape, np.float32) for k in MAP_NAMES}
     tissue = prepared.tissue.copy()
-    all_slabs = list(slabs(shape, max_voxels=1 << 19))
+    all_slabs = list(slabs(shape, max_voxels=1 << 18))
     for i, zs in enumerate(all_slabs):
         m = tissue[zs]
         if m.any():

@@ -118,17 +118,19 @@ def enhancement(block_hu: np.ndarray, baseline_hu: np.ndarray) -> np.ndarray:
 def smooth_inplane(enh: np.ndarray, mask: np.ndarray, sigma_mm: float, spacing_mm) -> np.ndarray:
     """Gaussian in-plane smoothing of enhancement frames (t, z, y, x) restricted to ``mask`` (z, y, x):
     normalised convolution, so voxels outside the mask (vessels, CSF, bone) neither contribute nor
-    receive signal. sigma_mm = 0 returns the input."""
+    receive signal. Works in place on ``enh`` (float32) and returns it; sigma_mm = 0 returns it as is.
+    The kernel is truncated at 3 sigma."""
     if sigma_mm <= 0:
         return enh
     sigma = (0.0, sigma_mm / spacing_mm[1], sigma_mm / spacing_mm[0])
     m = mask.astype(np.float32)
-    weight = ndimage.gaussian_filter(m, sigma)
-    weight[weight < 1e-3] = np.inf
-    out = np.empty_like(enh)
+    weight = ndimage.gaussian_filter(m, sigma, truncate=3.0)
+    scale = np.divide(m, weight, out=np.zeros_like(m), where=weight > 1e-3)
+    enh *= m[None]
     for i in range(enh.shape[0]):
-        out[i] = ndimage.gaussian_filter(enh[i] * m, sigma) / weight * m
-    return out
+        ndimage.gaussian_filter(enh[i], sigma, output=enh[i], truncate=3.0)
+    enh *= scale[None]
+    return enh
 
 
 def curve_features(enh: np.ndarray, dt_s: float) -> dict:
