@@ -68,7 +68,8 @@ def select_input_functions(prepared: PreparedSeries, aif: str = "aifnet",
             from AIFSelectorLib.aifnet_inference import WeightsError
             try:
                 return select_aifnet(prepared.series, device=device, n_baseline=prepared.bolus.n_baseline,
-                                     peak_enh_hu=prepared.peak_enh_hu)
+                                     peak_enh_hu=prepared.peak_enh_hu,
+                                     classic=lambda: select_input_functions(prepared, "classic"))
             except WeightsError as e:
                 reason = str(e)
         f = select_input_functions(prepared, "classic")

@@ -1,0 +1,226 @@
+"""AIFNet inference: shipped weights -> AIF and VOF with their probability volumes.
+
+Weights live in ``Resources/models`` at the repository root (``aifnet_aif.pt``, ``aifnet_vof.pt``) with
+``manifest.json`` giving each file's sha256; a file is hashed and checked against the manifest *before*
+``torch.load(..., weights_only=True)`` reads it, so a corrupted or substituted file is refused, never
+unpickled. ``STROKELESION_MODELS_DIR`` overrides the folder.
+
+Missing, corrupted or unreadable weights raise :class:`WeightsError` (an :class:`InputError`); the
+pipeline catches it and falls back to the classic selector with a warning in the report.
+
+VOF recalibration (AIFNet paper): the Pvol-weighted VOF is smoothed by the averaging, so its enhancement
+is rescaled so that its peak equals the maximum of the Pvol-weighted peak-to-baseline (PTB) volume,
+max_v (Pvol(v) / max Pvol) * PTB(v).
+"""
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .aifnet_model import AIFNet, AIFNetConfig, network_frames
+from .ctp_series import CTPSeries
+from .errors import InputError
+from .input_functions import InputFunctions
+
+MANIFEST = "manifest.json"
+KINDS = ("aif", "vof")
+
+
+class WeightsError(InputError):
+    """AIFNet weights are missing, corrupted or do not match the manifest."""
+
+
+def models_dir() -> Path:
+    """The folder holding the shipped weights: $STROKELESION_MODELS_DIR, else <repo>/Resources/models
+    (this file is <repo>/AIFSelector/AIFSelectorLib/aifnet_inference.py; an editable install keeps it there)."""
+    env = os.environ.get("STROKELESION_MODELS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "Resources" / "models"
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(folder: Optional[Path] = None) -> dict:
+    folder = Path(folder) if folder is not None else models_dir()
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise WeightsError(f"AIFNet manifest not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"AIFNet manifest {path} is unreadable: {e}") from None
+
+
+def resolve_device(device: Optional[str] = "auto") -> torch.device:
+    """'auto' (or None): CUDA when present, else CPU; 'cuda' without CUDA is an InputError."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def load_model(kind: str, folder: Optional[Path] = None, device="cpu") -> Tuple[AIFNet, Dict]:
+    """The AIF or VOF network and its manifest entry; WeightsError when the file is missing, its sha256
+    differs from the manifest, or it does not load as an AIFNet checkpoint."""
+    folder = Path(folder) if folder is not None else models_dir()
+    entry = read_manifest(folder).get("models", {}).get(kind)
+    if not entry or "file" not in entry or "sha256" not in entry:
+        raise WeightsError(f"the AIFNet manifest in {folder} has no '{kind}' model entry")
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise WeightsError(f"AIFNet weights not found: {path}")
+    st = path.stat()  # the cache is keyed on the file's identity: a changed file is re-hashed
+    model, info = _load_checked(str(path.resolve()), entry["sha256"], st.st_mtime_ns, st.st_size)
+    return model.to(device), info
+
+
+@lru_cache(maxsize=4)
+def _load_checked(path: str, expected_sha256: str, mtime_ns: int = 0, size: int = 0):
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"AIFNet weights not found: {p}")
+    digest = sha256_of(p)
+    if digest != expected_sha256:
+        raise WeightsError(f"AIFNet weights {p.name} are corrupted or modified "
+                           f"(sha256 {digest[:12]}..., manifest says {expected_sha256[:12]}...)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        config = AIFNetConfig.from_dict(ckpt["config"])
+        model = AIFNet(config)
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as e:  # noqa: BLE001 - any failure to read the checkpoint means unusable weights
+        raise WeightsError(f"AIFNet weights {p.name} could not be loaded: {type(e).__name__}: {e}") from None
+    model.eval()
+    info = {"file": p.name, "sha256": digest, "format": ckpt.get("format", "?"),
+            "config": config.to_dict(), "version": ckpt.get("meta", {}).get("version", digest[:12])}
+    return model, info
+
+
+def predict_pvol(model: AIFNet, series: CTPSeries, device="cpu") -> np.ndarray:
+    """The probability volume (z, y, x) float32 of one network on a whole series (full resolution)."""
+    cfg = model.config
+    x = network_frames(series.data, series.times_s, cfg.n_frames, cfg.dt_s)
+    with torch.inference_mode():
+        logits = model.logits(torch.from_numpy(x)[None].to(device))
+        pvol = torch.softmax(logits.reshape(-1).double(), dim=0).reshape(series.shape_zyx)
+    pvol = pvol.float().cpu().numpy()
+    if not np.all(np.isfinite(pvol)):
+        raise WeightsError("AIFNet produced a non-finite probability volume")
+    return pvol
+
+
+def recalibrate_vof(vof_hu: np.ndarray, vof_pvol: np.ndarray, ptb_hu: np.ndarray, n_baseline: int):
+    """VOF rescaled to the maximum of the Pvol-weighted peak-to-baseline volume (see module doc).
+    Returns (vof_hu, factor); factor 1 when the VOF has no positive enhancement."""
+    vof_hu = np.asarray(vof_hu, np.float64)
+    base = vof_hu[:max(1, n_baseline)].mean()
+    enh = vof_hu - base
+    peak = float(enh.max())
+    w = vof_pvol / max(float(vof_pvol.max()), 1e-30)
+    target = float(np.max(w * ptb_hu))
+    if peak <= 0 or target <= 0:
+        return vof_hu, 1.0
+    factor = target / peak
+    return base + factor * enh, factor
+
+
+def peak_to_baseline(series: CTPSeries, n_baseline: int) -> np.ndarray:
+    """(z, y, x) float32: every voxel's maximum minus its pre-contrast mean."""
+    from .preprocessing import slabs
+    out = np.empty(series.shape_zyx, np.float32)
+    for zs in slabs(series.shape_zyx):
+        block = series.data[:, zs].astype(np.float32)
+        out[zs] = block.max(axis=0) - block[:max(1, n_baseline)].mean(axis=0)
+    return out
+
+
+MIN_CONCENTRATION = 0.05
+"""A Pvol whose most probable 1 % of voxels hold less than this fraction of the mass (5x a uniform Pvol)
+is "diffuse": the network found no vessel it is confident about, and the curve is close to a whole-brain
+average. (The VOF network trained with the Pearson loss spreads its Pvol over the sinus and its
+surroundings: 9-20 % in the top 1 % is normal for it; a failure sits near 2 %.)"""
+
+
+def concentration(pvol: np.ndarray, fraction: float = 0.01, min_voxels: int = 100) -> float:
+    """Fraction of the probability mass on the most probable ``fraction`` of the voxels (at least
+    ``min_voxels``)."""
+    flat = pvol.ravel()
+    k = min(max(min_voxels, int(fraction * flat.size)), flat.size)
+    return float(np.partition(flat, flat.size - k)[flat.size - k:].sum())
+
+
+def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Optional[Path] = None,
+                  n_baseline: int = 3, peak_enh_hu: Optional[np.ndarray] = None,
+                  classic: Optional[Callable[[], InputFunctions]] = None) -> InputFunctions:
+    """AIF and VOF of a series by AIFNet. n_baseline: pre-contrast frames (the pipeline's bolus
+    detection); peak_enh_hu: the PTB volume when already computed (z, y, x). classic: a callable giving the
+    classic selector's functions, used (with a warning) for a function whose Pvol is diffuse
+    (:data:`MIN_CONCENTRATION`); without it a diffuse Pvol only gives a warning."""
+    dev = resolve_device(device)
+    aif_model, aif_info = load_model("aif", folder, dev)
+    vof_model, vof_info = load_model("vof", folder, dev)
+    aif_pvol = predict_pvol(aif_model, series, dev)
+    vof_pvol = predict_pvol(vof_model, series, dev)
+    aif_hu = dense_weighted_curve(series, aif_pvol)
+    vof_raw = dense_weighted_curve(series, vof_pvol)
+    ptb = peak_enh_hu if peak_enh_hu is not None else peak_to_baseline(series, n_baseline)
+    vof_hu, factor = recalibrate_vof(vof_raw, vof_pvol, ptb, n_baseline)
+    warnings = []
+    conc = {"aif": concentration(aif_pvol), "vof": concentration(vof_pvol)}
+    replaced = []
+    for kind in ("aif", "vof"):
+        if conc[kind] >= MIN_CONCENTRATION:
+            continue
+        note = (f"the AIFNet {kind.upper()} probability volume is diffuse (its most probable 1 % of voxels "
+                f"hold {100 * conc[kind]:.1f} % of the mass)")
+        alt = classic() if classic is not None else None
+        alt_curve = None if alt is None else (alt.aif_hu if kind == "aif" else alt.vof_hu)
+        if alt_curve is None:
+            warnings.append(note + ": check the curve and the Pvol map")
+            continue
+        warnings.append(note + f": the classic selector's {kind.upper()} is used instead")
+        replaced.append(kind)
+        if kind == "aif":
+            aif_hu, aif_pvol = alt.aif_hu, alt.aif_pvol
+        else:
+            vof_hu, vof_pvol, factor = alt.vof_hu, alt.vof_pvol, 1.0
+    if float(np.max(aif_hu - aif_hu[:max(1, n_baseline)].mean())) < 20.0:
+        warnings.append("the AIFNet AIF barely enhances (< 20 HU): check the series and the Pvol map")
+    return InputFunctions(
+        times_s=series.times_s.copy(), aif_hu=aif_hu, vof_hu=vof_hu, aif_pvol=aif_pvol, vof_pvol=vof_pvol,
+        method="aifnet", warnings=warnings,
+        details={"device": str(dev), "vof_recalibration_factor": float(factor),
+                 "pvol_concentration": conc, "replaced_by_classic": replaced,
+                 "aif_pvol_max": float(aif_pvol.max()), "vof_pvol_max": float(vof_pvol.max()),
+                 "models": {"aifnet_aif": _short(aif_info), "aifnet_vof": _short(vof_info)}})
+
+
+def dense_weighted_curve(series: CTPSeries, pvol: np.ndarray) -> np.ndarray:
+    """sum_v Pvol(v) CTP(t, v) (t,) HU, as input_functions.weighted_curve, for a softmax Pvol that is
+    positive everywhere (a plain matrix product per slab, no voxel selection)."""
+    from .preprocessing import slabs
+    out = np.zeros(series.n_frames)
+    t = series.n_frames
+    for zs in slabs(series.shape_zyx, max_voxels=1 << 20):
+        block = series.data[:, zs].reshape(t, -1)
+        out += block.astype(np.float32, copy=False) @ pvol[zs].reshape(-1).astype(np.float32)
+    return out
+
+
+def _short(info: Dict) -> Dict:
+    return {"version": info["version"], "file": info["file"], "sha256": info["sha256"]}

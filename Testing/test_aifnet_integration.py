@@ -1,0 +1,126 @@
+"""AIFNet in the pipeline: shipped weights, Pvol volumes, fallback to the classic selector, command line."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from AIFSelectorLib import aifnet_inference as inf  # noqa: E402
+from AIFSelectorLib.perfusion_pipeline import prepare  # noqa: E402
+from AIFSelectorLib.phantom import make_phantom  # noqa: E402
+from StrokeLesionLib.pipeline import RunOptions, report_dict, run_case, select_input_functions  # noqa: E402
+
+SHIPPED = inf.models_dir()
+needs_weights = pytest.mark.skipif(not (SHIPPED / "manifest.json").is_file(), reason="no shipped AIFNet weights")
+
+
+@pytest.fixture(scope="module")
+def small_case():
+    return make_phantom(9500, shape_zyx=(4, 96, 96), n_frames=44, spacing_mm=(1.8, 1.8, 6.0))
+
+
+@pytest.fixture(scope="module")
+def prepared(small_case):
+    return prepare(small_case.series)
+
+
+@pytest.fixture
+def broken_models(tmp_path, monkeypatch):
+    """A copy of the shipped models folder, used instead of it; the test breaks it as it likes."""
+    folder = tmp_path / "models"
+    shutil.copytree(SHIPPED, folder)
+    monkeypatch.setenv("STROKELESION_MODELS_DIR", str(folder))
+    return folder
+
+
+@needs_weights
+def test_shipped_weights_match_manifest_and_load():
+    manifest = inf.read_manifest()
+    for kind in ("aif", "vof"):
+        entry = manifest["models"][kind]
+        path = SHIPPED / entry["file"]
+        assert inf.sha256_of(path) == entry["sha256"]
+        assert path.stat().st_size < 3_000_000
+        model, info = inf.load_model(kind)
+        assert info["sha256"] == entry["sha256"]
+        assert model.config.n_layers == (5 if kind == "aif" else 2)
+
+
+@needs_weights
+def test_aifnet_gives_pvol_with_the_input_shape(small_case, prepared):
+    f = inf.select_aifnet(small_case.series, device="cpu", n_baseline=prepared.bolus.n_baseline)
+    assert f.method == "aifnet"
+    for pvol in (f.aif_pvol, f.vof_pvol):
+        assert pvol.shape == small_case.series.shape_zyx
+        assert pvol.min() >= 0 and pvol.sum() == pytest.approx(1.0, abs=1e-4)
+    assert np.corrcoef(f.aif_hu, small_case.aif_hu)[0, 1] > 0.9
+    assert np.corrcoef(f.vof_hu, small_case.vof_hu)[0, 1] > 0.9
+    assert set(f.details["models"]) == {"aifnet_aif", "aifnet_vof"}
+
+
+@needs_weights
+def test_shorter_series_than_the_network_works(small_case):
+    s = small_case.series
+    short = s.with_data(s.data[:25], s.times_s[:25])
+    f = inf.select_aifnet(short, device="cpu")
+    assert f.aif_hu.shape == (25,) and f.aif_pvol.shape == s.shape_zyx
+
+
+@needs_weights
+def test_corrupted_weights_fall_back_to_classic_with_warning(prepared, broken_models):
+    path = broken_models / "aifnet_aif.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(inf.WeightsError, match="corrupted"):
+        inf.load_model("aif")
+    f = select_input_functions(prepared, "aifnet")
+    assert f.method == "classic"
+    assert any("AIFNet unavailable" in w and "corrupted" in w for w in f.warnings)
+
+
+@needs_weights
+def test_missing_weights_fall_back_to_classic_with_warning(prepared, broken_models):
+    (broken_models / "aifnet_vof.pt").unlink()
+    f = select_input_functions(prepared, "aifnet")
+    assert f.method == "classic"
+    assert any("not found" in w for w in f.warnings)
+
+
+def test_missing_manifest_is_a_weights_error(tmp_path):
+    with pytest.raises(inf.WeightsError, match="manifest"):
+        inf.load_model("aif", tmp_path)
+
+
+@needs_weights
+def test_pipeline_default_is_aifnet_and_reports_models(small_case, tmp_path):
+    assert RunOptions().aif == "aifnet"
+    result = run_case(small_case.series, RunOptions())
+    report = report_dict(result)
+    assert report["aif"]["selector"] == "aifnet"
+    assert report["models"]["aifnet_aif"]["sha256"] == inf.read_manifest()["models"]["aif"]["sha256"]
+    assert result.functions.aif_pvol.shape == small_case.series.shape_zyx
+    classic = run_case(small_case.series, RunOptions(aif="classic"))
+    assert classic.functions.method == "classic"
+
+
+@needs_weights
+def test_cli_aif_command_writes_pvols_and_warns_on_fallback(small_case, tmp_path, broken_models, capsys):
+    from AIFSelectorLib.volume_io import read_volume, write_series_nifti
+    from StrokeLesionLib.cli import main
+    ctp = write_series_nifti(tmp_path / "ctp.nii.gz", small_case.series)
+    (broken_models / "aifnet_aif.pt").write_bytes(b"not a checkpoint")
+    assert main(["aif", str(ctp), "--out", str(tmp_path / "out")]) == 0
+    assert "warning: AIFNet unavailable" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["aif"]["selector"] == "classic"
+    assert any("AIFNet unavailable" in w for w in report["aif"]["warnings"])
+    shutil.copytree(SHIPPED, broken_models, dirs_exist_ok=True)
+    assert main(["aif", str(ctp), "--out", str(tmp_path / "out2"), "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "out2" / "report.json").read_text())
+    assert report["aif"]["selector"] == "aifnet" and report["aif"]["warnings"] == []
+    pvol, _ = read_volume(tmp_path / "out2" / "aif_pvol.nii.gz")
+    assert pvol.shape == small_case.series.shape_zyx
+    assert (tmp_path / "out2" / "vof_pvol.nii.gz").is_file()

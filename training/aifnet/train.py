@@ -1,0 +1,213 @@
+"""Train one AIFNet model (AIF or VOF) on phantom cases (and optionally annotated ISLES 2018 cases).
+
+    python -m training.aifnet.train --kind aif --out runs/aif [--n-train 48 --n-val 8 --iters 3000]
+
+Pearson-correlation loss, SGD with momentum, batch size 1, perfusion-specific augmentation, early
+stopping on the validation split (best validation mean r kept). Writes ``<out>/aifnet_<kind>.pt``
+(config + state_dict + training metadata) and ``<out>/history.json``.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from AIFSelectorLib.aifnet_model import (AIFNetConfig, build_model, count_parameters, network_frames,
+                                         segmentation_loss)
+
+from .augmentation import augment
+from .data import TRAIN_SEED0, VAL_SEED0, cached_phantoms, isles_samples
+from .losses import pearson_loss, pearson_r
+
+DEFAULT_LAYERS = {"aif": 5, "vof": 2}
+
+
+def _to_tensor(a) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def predict_sample(model, sample, device="cpu"):
+    """(curve (t,), pvol (z, y, x)) of the model on a whole sample, full-length series (no grad)."""
+    cfg = model.config
+    xin = network_frames(sample["x"], sample["times_s"], cfg.n_frames, cfg.dt_s)
+    with torch.no_grad():
+        curve, pvol = model(_to_tensor(xin)[None].to(device), _to_tensor(sample["x"])[None].to(device))
+    return curve[0].cpu().numpy(), pvol[0].cpu().numpy()
+
+
+def validation_r(model, samples, kind: str) -> float:
+    model.eval()
+    rs = []
+    for s in samples:
+        if s.get(kind) is None:
+            continue
+        curve, _ = predict_sample(model, s)
+        rs.append(float(np.corrcoef(curve, s[kind])[0, 1]))
+    model.train()
+    return float(np.mean(rs)) if rs else float("nan")
+
+
+def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[AIFNetConfig] = None,
+                variant: str = "pvol", iters: int = 3000, lr: float = 0.01, momentum: float = 0.9,
+                eval_every: int = 100, patience: int = 8, seed: int = 0, max_minutes: Optional[float] = None,
+                normalise_gradient: bool = True, log=print) -> Dict:
+    """Trains and returns {'model', 'history', 'best_val_r', 'iters_done', 'seconds'}.
+
+    config: network configuration; by default K=5 (aif) / 2 (vof), n_frames = the shortest training series.
+    """
+    train = [s for s in train if s.get(kind) is not None]
+    if not train:
+        raise ValueError(f"no training samples with a {kind} reference curve")
+    n_frames = min(int(s["x"].shape[0]) for s in train)
+    if config is None:
+        config = AIFNetConfig(n_frames=n_frames, n_layers=DEFAULT_LAYERS[kind], kind=kind)
+    if config.n_frames > n_frames:
+        raise ValueError(f"the network takes {config.n_frames} frames, the shortest training series has {n_frames}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_model(config, variant)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iters), eta_min=lr * 0.05)
+    history = {"iter": [], "train_loss": [], "val_r": []}
+    best = {"r": -np.inf, "state": None, "iter": 0}
+    bad, running, t0 = 0, [], time.perf_counter()
+    T = config.n_frames
+    model.train()
+    it = 0
+    for it in range(1, iters + 1):
+        s = augment(train[int(rng.integers(len(train)))], rng)
+        x = _to_tensor(s["x"][:T])[None]
+        target = _to_tensor(s[kind][:T])[None]
+        if variant == "segmentation":
+            mask = s["artery_mask" if kind == "aif" else "vein_mask"]
+            loss = segmentation_loss(model.logits(x), torch.from_numpy(np.ascontiguousarray(mask))[None])
+        elif variant == "regression":
+            loss = pearson_loss(model(x), target)
+        else:
+            pred, _ = model(x)
+            loss = pearson_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if normalise_gradient:
+            # SGD with momentum on the unit-normalised gradient: the softmax over ~10^5 voxels makes the
+            # raw gradient ~1e-4 at the start (arteries are ~0.1 % of the voxels), too small for plain SGD
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+            if float(gn) > 0:
+                for q in model.parameters():
+                    if q.grad is not None:
+                        q.grad.mul_(1.0 / float(gn))
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        running.append(float(loss.detach()))
+        if it % eval_every == 0 or it == iters:
+            vr = validation_r(model, val, kind) if (val and variant != "regression") else float("nan")
+            tl = float(np.mean(running))
+            running = []
+            history["iter"].append(it)
+            history["train_loss"].append(tl)
+            history["val_r"].append(vr)
+            log(f"[{kind}] iter {it:5d}  train loss {tl:.4f}  val r {vr:.4f}  "
+                f"({time.perf_counter() - t0:.0f} s)")
+            score = vr if np.isfinite(vr) else -tl
+            if score > best["r"]:
+                best = {"r": score, "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                        "iter": it}
+                bad = 0
+            else:
+                bad += 1
+                if bad >= patience:
+                    log(f"[{kind}] early stop at iter {it} (best val r {best['r']:.4f} at iter {best['iter']})")
+                    break
+            if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+                log(f"[{kind}] time budget reached at iter {it}")
+                break
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    return {"model": model, "history": history, "best_val_r": float(best["r"]), "best_iter": best["iter"],
+            "iters_done": it, "seconds": time.perf_counter() - t0, "config": config}
+
+
+def save_checkpoint(path, result: Dict, extra: Optional[Dict] = None) -> Path:
+    """config + state_dict + metadata (plain types only, loadable with torch.load(weights_only=True))."""
+    model = result["model"]
+    meta = {"best_val_r": result["best_val_r"], "best_iter": result["best_iter"],
+            "iters_done": result["iters_done"], "train_seconds": round(result["seconds"], 1),
+            "n_parameters": count_parameters(model)}
+    meta.update(extra or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": "aifnet-v1", "config": model.config.to_dict(),
+                "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                "meta": meta}, path)
+    return path
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m training.aifnet.train", description=__doc__.splitlines()[0])
+    p.add_argument("--kind", choices=("aif", "vof"), required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--variant", choices=("pvol", "regression", "segmentation"), default="pvol")
+    p.add_argument("--n-train", type=int, default=48, help="phantom training cases (seeds 1000+)")
+    p.add_argument("--n-val", type=int, default=8, help="phantom validation cases (seeds 5000+)")
+    p.add_argument("--isles-root", type=Path, help="ISLES 2018 TRAINING folder (case_N subfolders)")
+    p.add_argument("--isles-csv", type=Path, help="annotation CSV case,function,z,y,x (see data.py)")
+    p.add_argument("--cache", type=Path, help="folder caching generated phantoms (.npz)")
+    p.add_argument("--iters", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--raw-gradient", action="store_true",
+                   help="plain SGD on the raw gradient (default: unit-normalised gradient, see train_model)")
+    p.add_argument("--layers", type=int, help="K (default 5 for aif, 2 for vof)")
+    p.add_argument("--base-width", type=int, default=8)
+    p.add_argument("--max-width", type=int, default=32, help="0: no cap (the paper's widths with --base-width 16)")
+    p.add_argument("--n-frames", type=int, help="frames the network sees (default: shortest training series)")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    train = cached_phantoms(range(TRAIN_SEED0, TRAIN_SEED0 + args.n_train), args.cache, log=log)
+    val = cached_phantoms(range(VAL_SEED0, VAL_SEED0 + args.n_val), args.cache, log=log)
+    if args.isles_root and args.isles_csv:
+        isles = list(isles_samples(args.isles_root, args.isles_csv))
+        n_val = max(1, len(isles) // 5)
+        val += isles[:n_val]
+        train += isles[n_val:]
+    log(f"data ready in {time.perf_counter() - t0:.0f} s: {len(train)} train, {len(val)} val")
+    n_frames = args.n_frames or min(int(s["x"].shape[0]) for s in train)
+    config = AIFNetConfig(n_frames=n_frames, n_layers=args.layers or DEFAULT_LAYERS[args.kind],
+                          base_width=args.base_width, max_width=args.max_width or None, kind=args.kind)
+    result = train_model(args.kind, train, val, config, variant=args.variant, iters=args.iters, lr=args.lr,
+                         momentum=args.momentum, eval_every=args.eval_every, patience=args.patience,
+                         seed=args.seed, max_minutes=args.max_minutes,
+                         normalise_gradient=not args.raw_gradient, log=log)
+    cmd = "python -m training.aifnet.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    extra = {"training_command": cmd, "train_seeds": [TRAIN_SEED0, TRAIN_SEED0 + args.n_train - 1],
+             "val_seeds": [VAL_SEED0, VAL_SEED0 + args.n_val - 1], "variant": args.variant,
+             "lr": args.lr, "momentum": args.momentum, "batch_size": 1,
+             "optimizer": "SGD, Nesterov momentum, " + ("raw" if args.raw_gradient else "unit-normalised") + " gradient",
+             "date": time.strftime("%Y-%m-%d"), "isles_cases": bool(args.isles_root and args.isles_csv)}
+    path = save_checkpoint(args.out / f"aifnet_{args.kind}.pt", result, extra)
+    (args.out / "history.json").write_text(json.dumps(result["history"], indent=1))
+    log(f"wrote {path} ({count_parameters(result['model'])} parameters, best val r {result['best_val_r']:.4f}, "
+        f"{result['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
