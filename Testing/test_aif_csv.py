@@ -12,7 +12,7 @@ VOF = 45.0 + 420.0 * np.exp(-0.5 * ((TIMES - 16.0) / 4.0) ** 2)
 
 def test_round_trip_with_and_without_vof(tmp_path):
     path = write_aif_csv(tmp_path / "out" / "aif.csv", TIMES, AIF, VOF)
-    assert path.read_text().splitlines()[0] == "time_s,aif_hu,vof_hu"
+    assert path.read_text(encoding="utf-8").splitlines()[0] == "time_s,aif_hu,vof_hu"
     times, aif, vof = read_aif_csv(path, times_s=TIMES)
     np.testing.assert_allclose(times, TIMES, rtol=1e-9)
     np.testing.assert_allclose(aif, AIF, rtol=1e-9)

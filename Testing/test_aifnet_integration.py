@@ -114,12 +114,12 @@ def test_cli_aif_command_writes_pvols_and_warns_on_fallback(small_case, tmp_path
     (broken_models / "aifnet_aif.pt").write_bytes(b"not a checkpoint")
     assert main(["aif", str(ctp), "--out", str(tmp_path / "out")]) == 0
     assert "warning: AIFNet unavailable" in capsys.readouterr().out
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     assert report["aif"]["selector"] == "classic"
     assert any("AIFNet unavailable" in w for w in report["aif"]["warnings"])
     shutil.copytree(SHIPPED, broken_models, dirs_exist_ok=True)
     assert main(["aif", str(ctp), "--out", str(tmp_path / "out2"), "--device", "cpu"]) == 0
-    report = json.loads((tmp_path / "out2" / "report.json").read_text())
+    report = json.loads((tmp_path / "out2" / "report.json").read_text(encoding="utf-8"))
     assert report["aif"]["selector"] == "aifnet" and report["aif"]["warnings"] == []
     pvol, _ = read_volume(tmp_path / "out2" / "aif_pvol.nii.gz")
     assert pvol.shape == small_case.series.shape_zyx

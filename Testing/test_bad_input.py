@@ -131,5 +131,5 @@ def test_existing_output_folder_is_kept(case_dir, tmp_path, capsys):
     status = main(["run", str(d / "ctp.nii.gz"), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert status == 2 and "already exists" in err and len(err.splitlines()) == 1
-    assert (out / "mine.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+    assert (out / "mine.txt").read_text(encoding="utf-8") == "keep me" and len(list(out.iterdir())) == 1
     shutil.rmtree(out)

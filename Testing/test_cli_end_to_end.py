@@ -37,7 +37,7 @@ def test_run_with_classic_aif(phantom_dir, tmp_path, capsys):
     for name in OUTPUT_FILES + ["aif_pvol", "vof_pvol"]:
         assert (out / f"{name}.nii.gz").is_file(), name
     assert (out / "report.png").stat().st_size > 10_000
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["aif"]["selector"] == "classic"
     assert set(report["aif"]["quality_flags"]) == {"truncated_bolus", "late_arrival", "low_peak", "saturation"}
     assert report["thresholds"]["core_rcbf"] == 0.38 and report["thresholds"]["tmax_s"] == 6.0
@@ -66,7 +66,7 @@ def test_core_threshold_flag_changes_core(phantom_dir, tmp_path):
         out = tmp_path / f"run{thr}"
         assert main(["run", str(phantom_dir / "ctp.nii.gz"), "--aif", "classic", "--method", "csvd",
                      "--core-rcbf", thr, "--out", str(out)]) == 0
-        vols[thr] = json.loads((out / "report.json").read_text())["volumes_ml"]
+        vols[thr] = json.loads((out / "report.json").read_text(encoding="utf-8"))["volumes_ml"]
     assert vols["0.30"]["core_ml"] < vols["0.38"]["core_ml"]
     assert vols["0.30"]["hypoperfused_ml"] == pytest.approx(vols["0.38"]["hypoperfused_ml"], abs=0.01)
 
@@ -75,7 +75,7 @@ def test_maps_from_true_aif_and_user_mask(phantom_dir, tmp_path):
     out = tmp_path / "maps"
     assert main(["maps", str(phantom_dir / "ctp.nii.gz"), "--aif", str(phantom_dir / "truth" / "aif.csv"),
                  "--mask", str(phantom_dir / "truth" / "brain_mask.nii.gz"), "--out", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["aif"]["selector"] == "file"
     assert not (out / "aif_pvol.nii.gz").exists()
     brain, _ = read_volume(out / "brain_mask.nii.gz")
@@ -103,7 +103,7 @@ def test_demo_prints_results_beside_truth(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--seed", "2"]) == 0
     printed = capsys.readouterr().out
     assert "estimate" in printed and "truth" in printed and "Dice" in printed
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     c = report["truth_comparison"]
     assert c["core_ml"]["truth"] > 0 and c["dice"]["penumbra"] > 0.7
     assert (out / "phantom" / "truth" / "core.nii.gz").is_file()

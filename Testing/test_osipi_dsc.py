@@ -25,7 +25,7 @@ MEASURED_FLOOR = {"osvd": 14, "csvd": 14, "tikhonov": 14}
 def osipi():
     if not (DATA / "dsc_data.csv").is_file():
         pytest.skip(f"OSIPI DSC data not found in {DATA} (the shared data folder is not checked out beside the repo)")
-    with open(DATA / "dsc_data.csv", newline="") as f:
+    with open(DATA / "dsc_data.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     tissue = np.array([np.array(r["C_tis"].split(), dtype=float) for r in rows])
     aifs = np.array([np.array(r["C_aif"].split(), dtype=float) for r in rows])

@@ -246,7 +246,7 @@ def test_irregular_frame_times_are_honoured(tmp_path):
     assert s.is_uniform and s.dt_s == pytest.approx(1.0) and s.times_s[-1] == pytest.approx(times[-1])
     t_csv, aif, _ = read_aif_csv(out / "truth" / "aif.csv")
     np.testing.assert_allclose(t_csv, times)
-    assert "resampled" in json.loads((out / "truth" / "params.json").read_text())["ctp_file"]["note"]
+    assert "resampled" in json.loads((out / "truth" / "params.json").read_text(encoding="utf-8"))["ctp_file"]["note"]
 
 
 def test_write_phantom_folder(tmp_path):
@@ -264,12 +264,12 @@ def test_write_phantom_folder(tmp_path):
         arr, geo = read_volume(out / "truth" / f"{name}.nii.gz")
         assert geo.matches(pc.series.geometry), name
         np.testing.assert_allclose(arr.astype(np.float64), pc.truth[name].astype(np.float64), atol=1e-4)
-    header = (out / "truth" / "aif.csv").read_text().splitlines()[0]
+    header = (out / "truth" / "aif.csv").read_text(encoding="utf-8").splitlines()[0]
     assert header == "time_s,aif_hu,vof_hu"
     t_csv, aif, vof = read_aif_csv(out / "truth" / "aif.csv", times_s=pc.series.times_s)
     np.testing.assert_allclose(aif, pc.aif_hu, rtol=1e-8)
     np.testing.assert_allclose(vof, pc.vof_hu, rtol=1e-8)
-    params = json.loads((out / "truth" / "params.json").read_text())
+    params = json.loads((out / "truth" / "params.json").read_text(encoding="utf-8"))
     assert params["seed"] == 9 and params["bolus"]["aif_peak_hu"] > 0
     assert not list(out.rglob(".*"))  # no temporary files left behind
 

@@ -76,7 +76,7 @@ def _geometry_matches(node, path):
 
 def test_reloaded_bundle_holds_what_the_run_wrote(run, phantom):
     code, d, out, mrb = run
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     env = open_bundle(mrb)
     try:
         aif = AIFSelectorLogic(env.scene)

@@ -37,7 +37,7 @@ CONNECTORS = {"QCheckBox": {"bool"}, "QPushButton": {"bool"}, "QSpinBox": {"int"
 
 
 def module_source(name):
-    return (ROOT / name / f"{name}.py").read_text()
+    return (ROOT / name / f"{name}.py").read_text(encoding="utf-8")
 
 
 def ui_tree(name):
@@ -156,7 +156,7 @@ def _python_files():
 
 @pytest.mark.parametrize("path", _python_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_module_code_parses_as_python_3_9(path):
-    source = path.read_text()
+    source = path.read_text(encoding="utf-8")
     tree = ast.parse(source, filename=str(path), feature_version=(3, 9))
     future = any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
                  and any(a.name == "annotations" for a in n.names) for n in tree.body)
@@ -178,7 +178,7 @@ def test_module_code_parses_as_python_3_9(path):
 
 @pytest.mark.parametrize("relpath", GUI_FREE_LIB_FILES)
 def test_mrml_logic_is_gui_free_and_imports_torch_lazily(relpath):
-    source = (ROOT / relpath).read_text()
+    source = (ROOT / relpath).read_text(encoding="utf-8")
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -244,7 +244,7 @@ def test_torch_is_installed_through_pytorchutils_with_a_confirmation():
 # ---------------------------------------------------------------------------------------------- CMake
 
 def test_cmake_builds_the_extension_and_registers_the_module_tests():
-    top = (ROOT / "CMakeLists.txt").read_text()
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for needed in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
                    "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})",
                    'set(EXTENSION_DEPENDS "PyTorch")'):
@@ -256,7 +256,7 @@ def test_cmake_builds_the_extension_and_registers_the_module_tests():
         < top.index("add_subdirectory(StrokeLesion)") < top.index("Slicer_EXTENSION_GENERATE_CONFIG")
     assert (ROOT / "Resources" / "Icons" / "StrokeLesion.png").is_file()
     for name in MODULES:
-        text = (ROOT / name / "CMakeLists.txt").read_text()
+        text = (ROOT / name / "CMakeLists.txt").read_text(encoding="utf-8")
         assert f"set(MODULE_NAME {name})" in text
         assert "slicerMacroBuildScriptedModule(" in text
         assert "${MODULE_NAME}Lib/*.py" in text and "${MODULE_NAME}.py" in text

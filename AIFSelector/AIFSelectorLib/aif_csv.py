@@ -96,7 +96,7 @@ def write_aif_csv(path, times_s, aif_hu, vof_hu=None) -> Path:
     if not all(np.all(np.isfinite(c)) for c in columns):
         raise ValueError("AIF/VOF curves and times must be finite")
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             f.write(",".join(names) + "\n")
             for row in zip(*columns):
                 f.write(",".join(format(float(v), ".10g") for v in row) + "\n")

@@ -58,7 +58,7 @@ def read_manifest(folder: Optional[Path] = None) -> dict:
     if not path.is_file():
         raise WeightsError(f"AIFNet manifest not found: {path}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise WeightsError(f"AIFNet manifest {path} is unreadable: {e}") from None
 

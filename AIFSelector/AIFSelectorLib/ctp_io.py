@@ -31,7 +31,7 @@ import SimpleITK as sitk
 
 from .ctp_series import CTPSeries, VolumeGeometry
 from .errors import InputError
-from .volume_io import atomic_path, geometry_of
+from .volume_io import atomic_path, geometry_of, read_image
 
 PLAUSIBLE_DT_S = (0.05, 60.0)
 """A frame interval (median) outside this range [s] means the file's time unit is wrong or missing."""
@@ -344,12 +344,7 @@ def read_nrrd_series(path, dt_s: Optional[float] = None) -> CTPSeries:
     """A Slicer volume sequence (``.seq.nrrd``: three domain axes and one list axis, in either order),
     or a 4D scalar NRRD, as a CTPSeries in LPS."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"file not found: {path}")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise InputError(f"cannot read {path.name}: not a NRRD image, or it is truncated or corrupted") from None
+    image = read_image(path, "a NRRD image")
     meta = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
     ncomp = image.GetNumberOfComponentsPerPixel()
     dim = image.GetDimension()

@@ -79,16 +79,23 @@ def write_series_nifti(path, series: CTPSeries) -> Path:
     return Path(path)
 
 
-def read_volume(path) -> Tuple[np.ndarray, VolumeGeometry]:
-    """Reads a 3D image file into a (z, y, x) array and its geometry; a clear InputError for missing,
-    non-image, corrupted or non-3D files."""
+def read_image(path, kind: str = "an image file") -> sitk.Image:
+    """SimpleITK image of ``path``; a one-line InputError naming the file when it is missing or is not
+    ``kind`` (non-image, truncated or corrupted)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"file not found: {path}")
     try:
-        image = sitk.ReadImage(str(path))
+        return sitk.ReadImage(str(path))
     except RuntimeError:
-        raise InputError(f"cannot read {path.name}: not an image file, or it is truncated or corrupted") from None
+        raise InputError(f"cannot read {path.name}: not {kind}, or it is truncated or corrupted") from None
+
+
+def read_volume(path) -> Tuple[np.ndarray, VolumeGeometry]:
+    """Reads a 3D image file into a (z, y, x) array and its geometry; a clear InputError for missing,
+    non-image, corrupted or non-3D files."""
+    path = Path(path)
+    image = read_image(path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path.name} must be a 3D single-component volume, got a "
                          f"{image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} component(s)")

@@ -193,17 +193,6 @@ def cmd_demo(args):
     return 0
 
 
-def cmd_maps(args):
-    series, note = load_series(args.ctp, args.dt)
-    options = _options(args)
-    if args.mask:
-        options.brain_mask = _load_mask(args.mask, series)
-    result, report = _run_and_write(series, options, args.out, args.overwrite, str(args.ctp), note)
-    _print_volumes(report)
-    print(f"wrote {args.out}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="strokelesion", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -244,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--aif", required=True, help="CSV file time_s,aif_hu[,vof_hu]")
     sp.add_argument("--mask", type=Path, help="brain mask replacing the automatic one (same geometry)")
     common_maps(sp)
-    sp.set_defaults(func=cmd_maps)
+    sp.set_defaults(func=cmd_run)  # run with a given AIF: same steps, no --scene
 
     sp = sub.add_parser("aif", help="AIF/VOF curves and Pvol volumes only")
     common_ctp(sp)
@@ -259,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--noise-hu", type=float, default=5.0, help="CT noise sigma per voxel and frame (HU)")
     sp.set_defaults(func=cmd_phantom)
 
-    sp = sub.add_parser("demo", help="phantom → whole pipeline → results beside the truth")
+    sp = sub.add_parser("demo", help="phantom -> whole pipeline -> results beside the truth")
     sp.add_argument("--out", type=Path, default=Path("strokelesion-demo"))
     sp.add_argument("--overwrite", action="store_true")
     sp.add_argument("--seed", type=int, default=0)

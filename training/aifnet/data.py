@@ -88,7 +88,7 @@ def read_annotations(csv_path) -> Dict[str, Dict[str, tuple]]:
     """{case: {'aif': (z, y, x), 'vof': (z, y, x)}} from the annotation CSV (see module doc)."""
     from AIFSelectorLib.errors import InputError
     out: Dict[str, Dict[str, tuple]] = {}
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         need = {"case", "function", "z", "y", "x"}
         if reader.fieldnames is None or not need <= {c.strip() for c in reader.fieldnames}:

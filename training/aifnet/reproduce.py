@@ -33,7 +33,7 @@ def write_manifest(folder: Path, commands=None, evaluation=None) -> dict:
     from AIFSelectorLib.aifnet_inference import sha256_of
     folder = Path(folder)
     path = folder / "manifest.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
+    old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     models = {}
     for kind in ("aif", "vof"):
         f = folder / f"aifnet_{kind}.pt"
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         out_json = work / "evaluation.json"
         evaluate.main(["--n-cases", str(args.eval_cases), "--size", args.eval_size, "--models", str(args.out),
                        "--json", str(out_json)])
-        res = json.loads(out_json.read_text())
+        res = json.loads(out_json.read_text(encoding="utf-8"))
         write_manifest(args.out, evaluation=compact_evaluation(res))
     print(f"wrote {args.out}")
     return 0
