@@ -1,9 +1,7 @@
 """AIFNet inference: shipped weights -> AIF and VOF with their probability volumes.
 
-Weights live in ``Resources/models`` at the repository root (``aifnet_aif.pt``, ``aifnet_vof.pt``) with
-``manifest.json`` giving each file's sha256; a file is hashed and checked against the manifest *before*
-``torch.load(..., weights_only=True)`` reads it, so a corrupted or substituted file is refused, never
-unpickled. ``STROKELESION_MODELS_DIR`` overrides the folder.
+Weights: ``Resources/models/aifnet_aif.pt`` and ``aifnet_vof.pt``, loaded through :mod:`model_weights`
+(sha256 checked against the manifest before ``torch.load(..., weights_only=True)``).
 
 Missing, corrupted or unreadable weights raise :class:`WeightsError` (an :class:`InputError`); the
 pipeline catches it and falls back to the classic selector with a warning in the report.
@@ -12,10 +10,6 @@ VOF recalibration (AIFNet paper): the Pvol-weighted VOF is smoothed by the avera
 is rescaled so that its peak equals the maximum of the Pvol-weighted peak-to-baseline (PTB) volume,
 max_v (Pvol(v) / max Pvol) * PTB(v).
 """
-import hashlib
-import json
-import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -26,89 +20,23 @@ from .aifnet_model import AIFNet, AIFNetConfig, network_frames
 from .ctp_series import CTPSeries
 from .errors import InputError
 from .input_functions import InputFunctions
+from .model_weights import (WeightsError, load_checkpoint, models_dir, read_manifest,  # noqa: F401 (re-exported)
+                            resolve_device, sha256_of)
 
-MANIFEST = "manifest.json"
 KINDS = ("aif", "vof")
 
 
-class WeightsError(InputError):
-    """AIFNet weights are missing, corrupted or do not match the manifest."""
-
-
-def models_dir() -> Path:
-    """The folder holding the shipped weights: $STROKELESION_MODELS_DIR, else <repo>/Resources/models
-    (this file is <repo>/AIFSelector/AIFSelectorLib/aifnet_inference.py; an editable install keeps it there)."""
-    env = os.environ.get("STROKELESION_MODELS_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "Resources" / "models"
-
-
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_manifest(folder: Optional[Path] = None) -> dict:
-    folder = Path(folder) if folder is not None else models_dir()
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise WeightsError(f"AIFNet manifest not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"AIFNet manifest {path} is unreadable: {e}") from None
-
-
-def resolve_device(device: Optional[str] = "auto") -> torch.device:
-    """'auto' (or None): CUDA when present, else CPU; 'cuda' without CUDA is an InputError."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA device is available")
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"unknown device {device!r} (auto, cpu or cuda)")
-    return torch.device(device)
+def _build_aifnet(config: dict) -> AIFNet:
+    return AIFNet(AIFNetConfig.from_dict(config))
 
 
 def load_model(kind: str, folder: Optional[Path] = None, device="cpu") -> Tuple[AIFNet, Dict]:
     """The AIF or VOF network and its manifest entry; WeightsError when the file is missing, its sha256
     differs from the manifest, or it does not load as an AIFNet checkpoint."""
-    folder = Path(folder) if folder is not None else models_dir()
-    entry = read_manifest(folder).get("models", {}).get(kind)
-    if not entry or "file" not in entry or "sha256" not in entry:
-        raise WeightsError(f"the AIFNet manifest in {folder} has no '{kind}' model entry")
-    path = folder / entry["file"]
-    if not path.is_file():
-        raise WeightsError(f"AIFNet weights not found: {path}")
-    st = path.stat()  # the cache is keyed on the file's identity: a changed file is re-hashed
-    model, info = _load_checked(str(path.resolve()), entry["sha256"], st.st_mtime_ns, st.st_size)
+    model, info = load_checkpoint(kind, _build_aifnet, folder, label="AIFNet")
+    info = dict(info)
+    info["config"] = AIFNetConfig.from_dict(info["config"]).to_dict()
     return model.to(device), info
-
-
-@lru_cache(maxsize=4)
-def _load_checked(path: str, expected_sha256: str, mtime_ns: int = 0, size: int = 0):
-    p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"AIFNet weights not found: {p}")
-    digest = sha256_of(p)
-    if digest != expected_sha256:
-        raise WeightsError(f"AIFNet weights {p.name} are corrupted or modified "
-                           f"(sha256 {digest[:12]}..., manifest says {expected_sha256[:12]}...)")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        config = AIFNetConfig.from_dict(ckpt["config"])
-        model = AIFNet(config)
-        model.load_state_dict(ckpt["state_dict"])
-    except Exception as e:  # noqa: BLE001 - any failure to read the checkpoint means unusable weights
-        raise WeightsError(f"AIFNet weights {p.name} could not be loaded: {type(e).__name__}: {e}") from None
-    model.eval()
-    info = {"file": p.name, "sha256": digest, "format": ckpt.get("format", "?"),
-            "config": config.to_dict(), "version": ckpt.get("meta", {}).get("version", digest[:12])}
-    return model, info
 
 
 def predict_pvol(model: AIFNet, series: CTPSeries, device="cpu") -> np.ndarray:

@@ -30,7 +30,7 @@ VERSION = "1.0"
 def write_manifest(folder: Path, commands=None, evaluation=None) -> dict:
     """manifest.json for the aifnet_*.pt files in ``folder`` (sha256 + checkpoint metadata)."""
     import torch
-    from AIFSelectorLib.aifnet_inference import sha256_of
+    from AIFSelectorLib.model_weights import sha256_of
     folder = Path(folder)
     path = folder / "manifest.json"
     old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
@@ -55,12 +55,15 @@ def write_manifest(folder: Path, commands=None, evaluation=None) -> dict:
                         "training": {k: meta.get(k) for k in ("best_val_r", "best_iter", "iters_done",
                                                               "train_seconds", "lr", "momentum", "batch_size",
                                                               "optimizer")}}
-    manifest = {"format": 1, "models": models,
+    models = {**old.get("models", {}), **models}  # the lesion models' entries are kept
+    manifest = {**old, "format": 1, "models": models,
                 "reproduce": "python -m training.aifnet.reproduce",
                 "model_card": "MODEL_CARD_aifnet.md",
                 "evaluation": evaluation if evaluation is not None else old.get("evaluation"),
                 "benchmark": old.get("benchmark")}
-    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
     return manifest
 
 

@@ -1,0 +1,116 @@
+"""Shipped model weights: one manifest, sha256 checked before anything is unpickled.
+
+Weights live in ``Resources/models`` at the repository root with ``manifest.json``:
+``{"format": 1, "models": {NAME: {"file", "sha256", "size_bytes", "version", "config", ...}}}``.
+A file is hashed and compared with its manifest entry *before* ``torch.load(..., weights_only=True)``
+reads it, so a corrupted or substituted file is refused, never unpickled. ``STROKELESION_MODELS_DIR``
+overrides the folder. Every model of the project (AIFNet, the lesion models) loads through here.
+
+Missing, corrupted or unreadable weights raise :class:`WeightsError` (an :class:`InputError`).
+"""
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from .errors import InputError
+
+MANIFEST = "manifest.json"
+
+
+class WeightsError(InputError):
+    """Model weights are missing, corrupted or do not match the manifest."""
+
+
+def models_dir() -> Path:
+    """The folder holding the shipped weights: $STROKELESION_MODELS_DIR, else <repo>/Resources/models
+    (this file is <repo>/AIFSelector/AIFSelectorLib/model_weights.py; an editable install keeps it there)."""
+    env = os.environ.get("STROKELESION_MODELS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "Resources" / "models"
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(folder: Optional[Path] = None) -> dict:
+    folder = Path(folder) if folder is not None else models_dir()
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise WeightsError(f"model manifest not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"model manifest {path} is unreadable: {e}") from None
+
+
+def update_manifest(entries: Dict[str, dict], folder: Optional[Path] = None) -> Path:
+    """Merges ``entries`` (name -> entry) into the manifest, keeping every other model's entry; written
+    atomically (a temporary file renamed over the old one)."""
+    folder = Path(folder) if folder is not None else models_dir()
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"format": 1, "models": {}}
+    manifest.setdefault("models", {}).update(entries)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def resolve_device(device: Optional[str] = "auto") -> torch.device:
+    """'auto' (or None): CUDA when present, else CPU; 'cuda' without CUDA is an InputError."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def load_checkpoint(name: str, build: Callable[[dict], torch.nn.Module], folder: Optional[Path] = None,
+                    label: str = "model") -> Tuple[torch.nn.Module, Dict]:
+    """The network of manifest entry ``name`` in eval mode on the CPU, and an info dict (file, sha256,
+    version, config). ``build(config_dict)`` makes the untrained network the checkpoint's ``state_dict``
+    loads into; the checkpoint is ``{"format", "config", "state_dict", "meta"}``. ``label`` names the
+    model in error messages. Cached on the file's identity (path, mtime, size): a changed file is re-hashed."""
+    folder = Path(folder) if folder is not None else models_dir()
+    entry = read_manifest(folder).get("models", {}).get(name)
+    if not entry or "file" not in entry or "sha256" not in entry:
+        raise WeightsError(f"the model manifest in {folder} has no '{name}' entry ({label})")
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise WeightsError(f"{label} weights not found: {path}")
+    st = path.stat()
+    return _load_checked(str(path.resolve()), entry["sha256"], build, label, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=8)
+def _load_checked(path: str, expected_sha256: str, build, label: str, mtime_ns: int = 0, size: int = 0):
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"{label} weights not found: {p}")
+    digest = sha256_of(p)
+    if digest != expected_sha256:
+        raise WeightsError(f"{label} weights {p.name} are corrupted or modified "
+                           f"(sha256 {digest[:12]}..., manifest says {expected_sha256[:12]}...)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        model = build(ckpt["config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as e:  # noqa: BLE001 - any failure to read the checkpoint means unusable weights
+        raise WeightsError(f"{label} weights {p.name} could not be loaded: {type(e).__name__}: {e}") from None
+    model.eval()
+    info = {"file": p.name, "sha256": digest, "format": ckpt.get("format", "?"), "config": dict(ckpt["config"]),
+            "version": ckpt.get("meta", {}).get("version", digest[:12])}
+    return model, info

@@ -1,0 +1,1 @@
+"""Pseudo-DWI + SLNet training and evaluation (Wang et al., MedIA 2020)."""

@@ -1,0 +1,1 @@
+"""SEAN training and evaluation (Liang et al., MICCAI 2021)."""

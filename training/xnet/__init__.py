@@ -1,0 +1,1 @@
+"""X-Net training and evaluation (Qi et al., MICCAI 2019)."""
