@@ -124,3 +124,14 @@ def test_cli_aif_command_writes_pvols_and_warns_on_fallback(small_case, tmp_path
     pvol, _ = read_volume(tmp_path / "out2" / "aif_pvol.nii.gz")
     assert pvol.shape == small_case.series.shape_zyx
     assert (tmp_path / "out2" / "vof_pvol.nii.gz").is_file()
+
+
+def test_slab_wise_pvol_equals_one_whole_volume_pass():
+    """Whole-brain series are run slab by slab with a z halo; the Pvol must not depend on the slabs."""
+    case = make_phantom(seed=4, shape_zyx=(12, 48, 48), n_frames=30, noise_hu=3.0)
+    model, _ = inf.load_model("aif")
+    whole = inf.predict_pvol(model, case.series, max_voxels=10 ** 9)
+    slabbed = inf.predict_pvol(model, case.series, max_voxels=3 * 48 * 48)  # 3-slice slabs
+    assert inf.z_halo(model) >= 4
+    np.testing.assert_allclose(slabbed, whole, rtol=1e-4, atol=1e-9)
+    assert float(whole.sum()) == pytest.approx(1.0, abs=1e-5)

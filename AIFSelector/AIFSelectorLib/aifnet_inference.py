@@ -39,14 +39,40 @@ def load_model(kind: str, folder: Optional[Path] = None, device="cpu") -> Tuple[
     return model.to(device), info
 
 
-def predict_pvol(model: AIFNet, series: CTPSeries, device="cpu") -> np.ndarray:
-    """The probability volume (z, y, x) float32 of one network on a whole series (full resolution)."""
+PVOL_SLAB_VOXELS = 1 << 22
+"""Voxels per z-slab of the network's forward pass (plus its halo): bounds the activations' memory
+(widths x voxels x 4 bytes, ~0.5 GB at width 32) on whole-brain series."""
+
+
+def z_halo(model: torch.nn.Module) -> int:
+    """Slices of context each side that the network's output at one slice depends on (its z receptive
+    radius): the sum of kz // 2 over its 3D convolutions."""
+    return int(sum(m.kernel_size[0] // 2 for m in model.modules() if isinstance(m, torch.nn.Conv3d)))
+
+
+def predict_logits(model: AIFNet, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS) -> np.ndarray:
+    """The network's voxel logits (z, y, x) float32, computed slab by slab along z with a halo of
+    :func:`z_halo` slices, so the result equals one whole-volume pass while memory stays bounded."""
     cfg = model.config
-    x = network_frames(series.data, series.times_s, cfg.n_frames, cfg.dt_s)
+    nz, ny, nx = series.shape_zyx
+    step = max(1, max_voxels // (ny * nx))
+    halo = z_halo(model)
+    out = np.empty(series.shape_zyx, np.float32)
     with torch.inference_mode():
-        logits = model.logits(torch.from_numpy(x)[None].to(device))
-        pvol = torch.softmax(logits.reshape(-1).double(), dim=0).reshape(series.shape_zyx)
-    pvol = pvol.float().cpu().numpy()
+        for z0 in range(0, nz, step):
+            z1 = min(nz, z0 + step)
+            a, b = max(0, z0 - halo), min(nz, z1 + halo)
+            x = network_frames(series.data[:, a:b], series.times_s, cfg.n_frames, cfg.dt_s)
+            logits = model.logits(torch.from_numpy(x)[None].to(device))[0, 0]
+            out[z0:z1] = logits[z0 - a: z1 - a].float().cpu().numpy()
+    return out
+
+
+def predict_pvol(model: AIFNet, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS) -> np.ndarray:
+    """The probability volume (z, y, x) float32 of one network on a whole series (full resolution):
+    the softmax over every voxel of :func:`predict_logits`."""
+    logits = torch.from_numpy(predict_logits(model, series, device, max_voxels)).reshape(-1)
+    pvol = torch.softmax(logits.double(), dim=0).reshape(series.shape_zyx).float().numpy()
     if not np.all(np.isfinite(pvol)):
         raise WeightsError("AIFNet produced a non-finite probability volume")
     return pvol

@@ -66,7 +66,7 @@ def _measure(kind, shape_zyx, n_frames, queue):
     _reset_peak()
     t0 = time.perf_counter()
     if kind == "whole run":
-        result = run_case(series, RunOptions(aif="classic"))
+        result = run_case(series, RunOptions())  # the defaults of `strokelesion run` (AIFNet)
         extra = {"volumes_ml": result.volumes, "stages_s": result.timings_s}
     else:
         prepared = prepare(series)
