@@ -32,7 +32,7 @@ from .constants import TMAX_THRESHOLD_S
 from .ctp_series import CTPSeries
 from .errors import InputError
 from .input_functions import InputFunctions, manual_input_functions
-from .mrml_scene import default_scene, deserialise_parameter, get_parameter_node, serialise_parameter
+from .mrml_scene import ParameterNodeLogic
 
 MODULE_NAME = "AIFSelector"
 
@@ -132,57 +132,20 @@ def nvidia_driver_present() -> bool:
     return bool(system_root) and os.path.exists(os.path.join(system_root, "System32", "nvcuda.dll"))
 
 
-class AIFSelectorLogic:
+class AIFSelectorLogic(ParameterNodeLogic):
     """AIFSelector on a scene (default ``slicer.mrmlScene``). See the module doc and docs/slicer.md."""
 
     moduleName = MODULE_NAME
 
+    parameters = PARAMETERS
+
     def __init__(self, scene=None):
-        self._scene = scene
+        super().__init__(scene)
         self._series_cache = None       # (key, CTPSeries)
         self._prepared_cache = None     # (key, PreparedSeries)
         self._observations = []         # (node, tag)
         self._crosshair_observation = None
         self._last_automatic: Optional[InputFunctions] = None
-
-    # ------------------------------------------------------------------------------ scene and parameters
-
-    @property
-    def scene(self):
-        return self._scene if self._scene is not None else default_scene()
-
-    def parameterNode(self):
-        """The module's parameter node in the scene (created with defaults when missing)."""
-        node = get_parameter_node(self.scene, self.moduleName)
-        self.setDefaultParameters(node)
-        return node
-
-    getParameterNode = parameterNode
-
-    @staticmethod
-    def setDefaultParameters(node) -> None:
-        for name, default in PARAMETERS.items():
-            if not node.HasParameter(name):
-                node.SetParameter(name, serialise_parameter(default))
-
-    def getParameter(self, name: str):
-        """A scalar parameter with its type (see PARAMETERS)."""
-        return deserialise_parameter(self.parameterNode().GetParameter(name), PARAMETERS[name])
-
-    def setParameter(self, name: str, value) -> None:
-        if name not in PARAMETERS:
-            raise KeyError(f"unknown AIFSelector parameter {name!r}")
-        self.parameterNode().SetParameter(name, serialise_parameter(type(PARAMETERS[name])(value)))
-
-    def getNode(self, name: str):
-        """A node parameter (see NODE_PARAMETERS), or None."""
-        return self.parameterNode().GetNodeReference(name)
-
-    def setNode(self, name: str, node) -> None:
-        """Sets a node parameter the way parameterNodeWrapper does (an empty parameter marks it set)."""
-        p = self.parameterNode()
-        p.SetParameter(name, "")
-        p.SetNodeReferenceID(name, node.GetID() if node is not None else None)
 
     # ------------------------------------------------------------------------------------------- input
 

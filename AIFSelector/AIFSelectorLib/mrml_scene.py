@@ -222,6 +222,56 @@ def deserialise_parameter(text: str, default):
     return text
 
 
+class ParameterNodeLogic:
+    """Scene and parameter-node access shared by the modules' Logic classes (the part of Slicer's
+    ScriptedLoadableModuleLogic they need, usable without the application). A subclass sets ``moduleName``
+    and ``parameters`` (name -> default; the default's type is the parameter's type); node parameters are
+    node references under their own names."""
+
+    moduleName = ""
+    parameters: dict = {}
+
+    def __init__(self, scene=None):
+        self._scene = scene
+
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else default_scene()
+
+    def parameterNode(self):
+        """The module's parameter node in the scene (created with defaults when missing)."""
+        node = get_parameter_node(self.scene, self.moduleName)
+        self.setDefaultParameters(node)
+        return node
+
+    getParameterNode = parameterNode
+
+    @classmethod
+    def setDefaultParameters(cls, node) -> None:
+        for name, default in cls.parameters.items():
+            if not node.HasParameter(name):
+                node.SetParameter(name, serialise_parameter(default))
+
+    def getParameter(self, name: str):
+        """A scalar parameter with its type (see ``parameters``)."""
+        return deserialise_parameter(self.parameterNode().GetParameter(name), self.parameters[name])
+
+    def setParameter(self, name: str, value) -> None:
+        if name not in self.parameters:
+            raise KeyError(f"unknown {self.moduleName} parameter {name!r}")
+        self.parameterNode().SetParameter(name, serialise_parameter(type(self.parameters[name])(value)))
+
+    def getNode(self, name: str):
+        """A node parameter, or None."""
+        return self.parameterNode().GetNodeReference(name)
+
+    def setNode(self, name: str, node) -> None:
+        """Sets a node parameter the way parameterNodeWrapper does (an empty parameter marks it set)."""
+        p = self.parameterNode()
+        p.SetParameter(name, "")
+        p.SetNodeReferenceID(name, node.GetID() if node is not None else None)
+
+
 def standalone_for(scene) -> Optional[StandaloneScene]:
     """The StandaloneScene that owns ``scene``, if it was built here."""
     return _STANDALONE.get(id(scene))

@@ -28,8 +28,7 @@ from AIFSelectorLib.aif_selector_logic import MODULE_NAME as AIF_MODULE_NAME, AI
 from AIFSelectorLib.constants import CORE_RCBF, TMAX_THRESHOLD_S
 from AIFSelectorLib.ctp_series import VolumeGeometry
 from AIFSelectorLib.errors import InputError
-from AIFSelectorLib.mrml_scene import (default_scene, deserialise_parameter, find_parameter_node,
-                                       get_parameter_node, serialise_parameter)
+from AIFSelectorLib.mrml_scene import ParameterNodeLogic, find_parameter_node
 
 from .lesion_thresholds import MIN_ISLAND_ML, Thresholds, decide, lesion_volumes
 
@@ -92,49 +91,12 @@ def _oriented_image(mask: np.ndarray, geometry: VolumeGeometry):
     return image
 
 
-class StrokeLesionLogic:
+class StrokeLesionLogic(ParameterNodeLogic):
     """StrokeLesion on a scene (default ``slicer.mrmlScene``). See the module doc and docs/slicer.md."""
 
     moduleName = MODULE_NAME
 
-    def __init__(self, scene=None):
-        self._scene = scene
-
-    @property
-    def scene(self):
-        return self._scene if self._scene is not None else default_scene()
-
-    # ------------------------------------------------------------------------------------- parameters
-
-    def parameterNode(self):
-        """The module's parameter node in the scene (created with defaults when missing)."""
-        node = get_parameter_node(self.scene, self.moduleName)
-        self.setDefaultParameters(node)
-        return node
-
-    getParameterNode = parameterNode
-
-    @staticmethod
-    def setDefaultParameters(node) -> None:
-        for name, default in PARAMETERS.items():
-            if not node.HasParameter(name):
-                node.SetParameter(name, serialise_parameter(default))
-
-    def getParameter(self, name: str):
-        return deserialise_parameter(self.parameterNode().GetParameter(name), PARAMETERS[name])
-
-    def setParameter(self, name: str, value) -> None:
-        if name not in PARAMETERS:
-            raise KeyError(f"unknown StrokeLesion parameter {name!r}")
-        self.parameterNode().SetParameter(name, serialise_parameter(type(PARAMETERS[name])(value)))
-
-    def getNode(self, name: str):
-        return self.parameterNode().GetNodeReference(name)
-
-    def setNode(self, name: str, node) -> None:
-        p = self.parameterNode()
-        p.SetParameter(name, "")
-        p.SetNodeReferenceID(name, node.GetID() if node is not None else None)
+    parameters = PARAMETERS
 
     def thresholds(self) -> Thresholds:
         return Thresholds(self.getParameter("coreRCBF"), self.getParameter("tmaxThreshold"),
