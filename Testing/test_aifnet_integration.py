@@ -1,4 +1,5 @@
 """AIFNet in the pipeline: shipped weights, Pvol volumes, fallback to the classic selector, command line."""
+import dataclasses
 import json
 import shutil
 
@@ -135,3 +136,20 @@ def test_slab_wise_pvol_equals_one_whole_volume_pass():
     assert inf.z_halo(model) >= 4
     np.testing.assert_allclose(slabbed, whole, rtol=1e-4, atol=1e-9)
     assert float(whole.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_fine_matrix_is_pooled_to_the_trained_voxel_size():
+    """A 0.45 mm in-plane series (a 512 matrix) is seen by the network as 0.9 mm blocks: the same AIF as the
+    0.9 mm series it was upsampled from, and a Pvol spread evenly over each 2x2 block, summing to 1."""
+    case = make_phantom(seed=6, shape_zyx=(6, 64, 64), n_frames=30, noise_hu=3.0, spacing_mm=(0.9, 0.9, 6.0))
+    s = case.series
+    geometry = dataclasses.replace(s.geometry, spacing_mm=(0.45, 0.45, 6.0))
+    fine = dataclasses.replace(s, data=s.data.repeat(2, axis=2).repeat(2, axis=3), geometry=geometry)
+    assert inf.pool_factors(fine.geometry.spacing_mm) == (2, 2) and inf.pool_factors(s.geometry.spacing_mm) == (1, 1)
+    model, _ = inf.load_model("aif")
+    coarse_pvol = inf.predict_pvol(model, s)
+    fine_pvol = inf.predict_pvol(model, fine)
+    assert float(fine_pvol.sum()) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(fine_pvol.reshape(6, 64, 2, 64, 2).sum(axis=(2, 4)), coarse_pvol, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(inf.dense_weighted_curve(fine, fine_pvol), inf.dense_weighted_curve(s, coarse_pvol),
+                               rtol=1e-4)

@@ -43,6 +43,30 @@ PVOL_SLAB_VOXELS = 1 << 22
 """Voxels per z-slab of the network's forward pass (plus its halo): bounds the activations' memory
 (widths x voxels x 4 bytes, ~0.5 GB at width 32) on whole-brain series."""
 
+TRAINED_SPACING_MM = 0.9
+"""The finest in-plane voxel size [mm] of the shipped networks' training data. A finer series (e.g. a
+512x512 matrix at 0.45 mm) is block-averaged in-plane by round(0.9 mm / spacing) before the network sees it,
+so that vessels have the size in voxels the network learned; Pvol is then spread evenly over each block."""
+
+
+def pool_factors(spacing_mm) -> Tuple[int, int]:
+    """In-plane block-averaging factors (fy, fx) that bring a series' voxels (x, y, z spacing in mm) close to
+    :data:`TRAINED_SPACING_MM` (1 when the voxels are already that large or larger)."""
+    return tuple(max(1, int(round(TRAINED_SPACING_MM / float(s)))) for s in (spacing_mm[1], spacing_mm[0]))
+
+
+def _block_mean(data: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """(..., y, x) -> (..., ceil(y/fy), ceil(x/fx)) float32 means over fy x fx blocks (edge blocks padded by
+    replicating the last row/column)."""
+    if fy == fx == 1:
+        return data
+    ny, nx = data.shape[-2:]
+    py, px = -ny % fy, -nx % fx
+    if py or px:
+        data = np.pad(data, [(0, 0)] * (data.ndim - 2) + [(0, py), (0, px)], mode="edge")
+    shape = data.shape[:-2] + (data.shape[-2] // fy, fy, data.shape[-1] // fx, fx)
+    return data.reshape(shape).mean(axis=(-3, -1), dtype=np.float32)
+
 
 def z_halo(model: torch.nn.Module) -> int:
     """Slices of context each side that the network's output at one slice depends on (its z receptive
@@ -50,29 +74,44 @@ def z_halo(model: torch.nn.Module) -> int:
     return int(sum(m.kernel_size[0] // 2 for m in model.modules() if isinstance(m, torch.nn.Conv3d)))
 
 
-def predict_logits(model: AIFNet, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS) -> np.ndarray:
-    """The network's voxel logits (z, y, x) float32, computed slab by slab along z with a halo of
-    :func:`z_halo` slices, so the result equals one whole-volume pass while memory stays bounded."""
+def predict_logits(model: AIFNet, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS,
+                   factors: Tuple[int, int] = (1, 1)) -> np.ndarray:
+    """The network's voxel logits, (z, ceil(y/fy), ceil(x/fx)) float32 on the series block-averaged in-plane
+    by ``factors``, computed slab by slab along z with a halo of :func:`z_halo` slices, so the result equals
+    one whole-volume pass while memory stays bounded."""
     cfg = model.config
+    fy, fx = factors
     nz, ny, nx = series.shape_zyx
-    step = max(1, max_voxels // (ny * nx))
+    cy, cx = -(-ny // fy), -(-nx // fx)
+    step = max(1, max_voxels // (cy * cx))
     halo = z_halo(model)
-    out = np.empty(series.shape_zyx, np.float32)
+    out = np.empty((nz, cy, cx), np.float32)
     with torch.inference_mode():
         for z0 in range(0, nz, step):
             z1 = min(nz, z0 + step)
             a, b = max(0, z0 - halo), min(nz, z1 + halo)
-            x = network_frames(series.data[:, a:b], series.times_s, cfg.n_frames, cfg.dt_s)
-            logits = model.logits(torch.from_numpy(x)[None].to(device))[0, 0]
+            frames = network_frames(series.data[:, a:b], series.times_s, cfg.n_frames, cfg.dt_s)
+            x = _block_mean(frames, fy, fx)
+            logits = model.logits(torch.from_numpy(np.ascontiguousarray(x))[None].to(device))[0, 0]
             out[z0:z1] = logits[z0 - a: z1 - a].float().cpu().numpy()
     return out
 
 
 def predict_pvol(model: AIFNet, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS) -> np.ndarray:
-    """The probability volume (z, y, x) float32 of one network on a whole series (full resolution):
-    the softmax over every voxel of :func:`predict_logits`."""
-    logits = torch.from_numpy(predict_logits(model, series, device, max_voxels)).reshape(-1)
-    pvol = torch.softmax(logits.double(), dim=0).reshape(series.shape_zyx).float().numpy()
+    """The probability volume (z, y, x) float32 of one network on a whole series: the softmax over every
+    voxel of :func:`predict_logits` (on the series block-averaged to the trained voxel size, see
+    :data:`TRAINED_SPACING_MM`), each block's probability shared evenly by its voxels; sums to 1."""
+    fy, fx = pool_factors(series.geometry.spacing_mm)
+    logits = torch.from_numpy(predict_logits(model, series, device, max_voxels, (fy, fx))).reshape(-1)
+    coarse = torch.softmax(logits.double(), dim=0).reshape(series.shape_zyx[0], -1).numpy()
+    coarse = coarse.reshape(series.shape_zyx[0], -(-series.shape_zyx[1] // fy), -(-series.shape_zyx[2] // fx))
+    if fy == fx == 1:
+        pvol = coarse
+    else:
+        ny, nx = series.shape_zyx[1:]
+        pvol = np.repeat(np.repeat(coarse, fy, axis=1), fx, axis=2)[:, :ny, :nx]
+        pvol = pvol / pvol.sum()  # edge blocks cut by the crop
+    pvol = pvol.astype(np.float32)
     if not np.all(np.isfinite(pvol)):
         raise WeightsError("AIFNet produced a non-finite probability volume")
     return pvol
