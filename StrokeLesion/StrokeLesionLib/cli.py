@@ -11,6 +11,7 @@ from pathlib import Path
 
 from AIFSelectorLib.errors import InputError
 
+from .lesion_models import MODELS
 from .lesion_thresholds import MIN_ISLAND_ML, Thresholds
 from .output_folder import check_free, staged_folder
 
@@ -60,7 +61,8 @@ def _options(args):
     from .pipeline import RunOptions
     return RunOptions(aif=getattr(args, "aif", "aifnet"), method=args.method,
                       thresholds=Thresholds(args.core_rcbf, args.tmax, args.min_island_ml),
-                      smooth_mm=args.smooth_mm, device=args.device)
+                      smooth_mm=args.smooth_mm, device=args.device,
+                      lesion_model=getattr(args, "lesion_model", "none"))
 
 
 def _run_and_write(series, options, out, overwrite, source, note="", extra_report=None, stage_hook=None):
@@ -117,14 +119,92 @@ def _write_scene(args, result):
 
 def cmd_run(args):
     _check_scene(args)
-    series, note = load_series(args.ctp, args.dt)
     options = _options(args)
+    if options.lesion_model != "none":
+        from .lesion_models import check_weights
+        check_weights(options.lesion_model)  # fail before any work
+    series, note = load_series(args.ctp, args.dt)
     if args.mask:
         options.brain_mask = _load_mask(args.mask, series)
     result, report = _run_and_write(series, options, args.out, args.overwrite, str(args.ctp), note)
     _print_volumes(report)
+    if result.lesion is not None:
+        print(f"lesion ({options.lesion_model}) {report['volumes_ml']['lesion_ml']:.1f} ml")
     print(f"wrote {args.out}")
     _write_scene(args, result)
+    return 0
+
+
+def _segment_inputs(args):
+    """(inputs for lesion_models.segment, geometry, report 'input' section) from the command line."""
+    from .lesion_models import read_image_3d
+    if args.model != "pseudodwi":
+        for flag, value in (("--maps", args.maps), ("--dt", args.dt)):
+            if value is not None:
+                raise InputError(f"{flag} is for --model pseudodwi only")
+        image, geometry = read_image_3d(args.image, args.model)
+        inputs = {"ncct" if args.model == "sean" else "t1": image, "spacing_xyz": geometry.spacing_mm}
+        return inputs, geometry, {"source": str(args.image), "shape_zyx": list(image.shape),
+                                  "spacing_mm": list(geometry.spacing_mm)}
+    series, note = load_series(args.image, args.dt)
+    inputs = {"series": series}
+    if args.maps is not None:
+        inputs.update(_read_maps_folder(args.maps, series))
+    section = {"source": str(args.image), "shape_tzyx": list(series.data.shape),
+               "spacing_mm": list(series.geometry.spacing_mm), "frame_interval_s": series.dt_s,
+               "maps": str(args.maps) if args.maps is not None else "computed (AIFNet AIF/VOF, oSVD)"}
+    if note:
+        section["note"] = note
+    return inputs, series.geometry, section
+
+
+def _read_maps_folder(folder, series):
+    """--maps DIR: cbf/cbv/mtt/tmax.nii.gz (and brain_mask.nii.gz when there), e.g. a `run` output folder."""
+    from AIFSelectorLib.volume_io import read_volume
+    from .lesion_models import MAP_KEYS
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--maps {folder}: not a folder")
+    missing = [f"{k}.nii.gz" for k in MAP_KEYS if not (folder / f"{k}.nii.gz").is_file()]
+    if missing:
+        raise InputError(f"--maps {folder}: missing perfusion map(s) {', '.join(missing)}")
+    out = {"maps": {}}
+    for name in MAP_KEYS + ("brain_mask",):
+        path = folder / f"{name}.nii.gz"
+        if name == "brain_mask" and not path.is_file():
+            continue
+        array, geometry = read_volume(path)
+        if array.shape != series.shape_zyx or not geometry.matches(series.geometry, tol=1e-2):
+            raise InputError(f"--maps: {path.name} lies on another grid than the series (shape {array.shape} "
+                             f"vs {series.shape_zyx}, spacing {geometry.spacing_mm} vs {series.geometry.spacing_mm})")
+        if name == "brain_mask":
+            out["brain_mask"] = array > 0
+        else:
+            out["maps"][name] = array
+    return out
+
+
+def cmd_segment(args):
+    import time
+    from AIFSelectorLib.model_weights import resolve_device
+    from .lesion_models import check_weights, segment
+    from .pipeline import VERSION, write_json, write_lesion_outputs
+    t0 = time.perf_counter()
+    check_free(args.out, args.overwrite)
+    resolve_device(args.device)  # fail before any work: no CUDA for --device cuda,
+    check_weights(args.model)  # missing or corrupted weights
+    inputs, geometry, input_section = _segment_inputs(args)
+    t_load = time.perf_counter() - t0
+    mask, extras, info = segment(args.model, inputs, device=args.device)
+    info["timings_s"] = {"load": round(t_load, 3), **info["timings_s"],
+                         "total": round(time.perf_counter() - t0, 3)}
+    report = {"strokelesion_version": VERSION, "input": input_section, "lesion_ml": info["lesion_ml"],
+              "lesion_model": info}
+    with staged_folder(args.out, args.overwrite) as stage:
+        write_lesion_outputs(stage, mask, extras, geometry)
+        write_json(stage / "report.json", report)
+    print(f"lesion ({args.model}) {info['lesion_ml']:.1f} ml")
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -224,8 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "classic, or a CSV file time_s,aif_hu[,vof_hu]")
     sp.add_argument("--mask", type=Path, help="brain mask replacing the automatic one (same geometry)")
     common_maps(sp)
+    sp.add_argument("--lesion-model", choices=("pseudodwi", "none"), default="none",
+                    help="also segment the lesion with this deep model (writes lesion.nii.gz, pseudo_dwi.nii.gz)")
     sp.add_argument("--scene", type=Path, help="also write a Slicer scene bundle (.mrb; needs slicer-core)")
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("segment", help="one deep lesion model on its input image")
+    sp.add_argument("image", type=Path,
+                    help="pseudodwi: CTP (4D NIfTI, .seq.nrrd, DICOM folder, ISLES 2018 case folder); "
+                         "sean: NCCT in HU, xnet: T1 MRI (3D NIfTI/NRRD or DICOM folder)")
+    sp.add_argument("--model", required=True, choices=MODELS, help="lesion model")
+    common_out(sp)
+    sp.add_argument("--dt", type=float, default=None, help="pseudodwi: frame interval in seconds (overrides the file)")
+    sp.add_argument("--maps", type=Path, default=None,
+                    help="pseudodwi: folder with cbf/cbv/mtt/tmax.nii.gz (e.g. a `run` output); default: computed")
+    sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
+    sp.set_defaults(func=cmd_segment)
 
     sp = sub.add_parser("maps", help="maps from a given AIF (CSV)")
     common_ctp(sp)

@@ -1,4 +1,5 @@
-"""The whole case: CTP series → input functions → perfusion maps → core/penumbra → output folder.
+"""The whole case: CTP series → input functions → perfusion maps → core/penumbra → (optionally) a deep
+lesion model → output folder.
 
 `run_case` computes, `write_outputs` writes the output folder of the command-line contract. The
 Slicer Logic and the command line both call these.
@@ -36,6 +37,8 @@ class RunOptions:
     smooth_mm: float = 2.0
     device: Optional[str] = None
     brain_mask: Optional[np.ndarray] = None
+    lesion_model: str = "none"
+    """'none', or a lesion model run on the series and its maps ('pseudodwi', see lesion_models)."""
 
 
 @dataclass
@@ -48,6 +51,11 @@ class CaseResult:
     volumes: Dict[str, Optional[float]]
     timings_s: Dict[str, float]
     options: RunOptions
+    lesion: Optional[np.ndarray] = None
+    """(z, y, x) bool from the lesion model, None when none was run."""
+    lesion_extras: Dict[str, np.ndarray] = field(default_factory=dict)
+    """The lesion model's (z, y, x) float32 images, e.g. 'pseudo_dwi' (what the segmenter saw)."""
+    lesion_info: Dict[str, object] = field(default_factory=dict)
 
     @property
     def series(self) -> CTPSeries:
@@ -106,14 +114,23 @@ def run_case(series: CTPSeries, options: RunOptions = RunOptions(), progress=Non
     core, penumbra = decide(perfusion.maps["rcbf"], perfusion.maps["tmax"], perfusion.tissue, voxel_ml,
                             options.thresholds)
     timings["core_penumbra"] = time.perf_counter() - t0
-    return CaseResult(prepared, functions, perfusion, core, penumbra,
-                      lesion_volumes(core, penumbra, voxel_ml), timings, options)
+    result = CaseResult(prepared, functions, perfusion, core, penumbra,
+                        lesion_volumes(core, penumbra, voxel_ml), timings, options)
+    if options.lesion_model != "none":
+        from .lesion_models import segment
+        t0 = time.perf_counter()
+        result.lesion, result.lesion_extras, result.lesion_info = segment(
+            options.lesion_model, {"series": series, "maps": perfusion.maps, "brain_mask": prepared.brain},
+            device=options.device or "auto")
+        timings["lesion_model"] = time.perf_counter() - t0
+    return result
 
 
 def report_dict(result: CaseResult, source: str = "") -> dict:
-    """The content of report.json: volumes (ml), mismatch, AIF quality, thresholds, methods, timings."""
+    """The content of report.json: volumes (ml), mismatch, AIF quality, thresholds, methods, timings; with a
+    lesion model, its volume (volumes_ml.lesion_ml) and its info (lesion_model: version, sha256, timings)."""
     series, f, p = result.series, result.functions, result.perfusion
-    return {
+    report = {
         "strokelesion_version": VERSION,
         "input": {"source": source, "shape_tzyx": list(series.data.shape),
                   "spacing_mm": list(series.geometry.spacing_mm), "frame_interval_s": series.dt_s,
@@ -132,6 +149,12 @@ def report_dict(result: CaseResult, source: str = "") -> dict:
         "models": dict(f.details.get("models", {})),
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
     }
+    if result.lesion is not None:
+        report["volumes_ml"] = {**result.volumes, "lesion_ml": result.lesion_info["lesion_ml"]}
+        report["lesion_model"] = dict(result.lesion_info)
+        report["models"][result.options.lesion_model] = {k: v for k, v in result.lesion_info.items()
+                                                          if k in ("version", "sha256", "file", "device")}
+    return report
 
 
 def write_outputs(result: CaseResult, folder: Path, report: dict, figure: bool = True) -> None:
@@ -148,10 +171,20 @@ def write_outputs(result: CaseResult, folder: Path, report: dict, figure: bool =
     for name, pvol in (("aif_pvol", f.aif_pvol), ("vof_pvol", f.vof_pvol)):
         if pvol is not None:
             write_volume(folder / f"{name}.nii.gz", pvol, g)
+    if result.lesion is not None:
+        write_lesion_outputs(folder, result.lesion, result.lesion_extras, g)
     if figure:
         from .report_figure import save_report_figure
         save_report_figure(result, folder / "report.png")
     write_json(folder / "report.json", report)
+
+
+def write_lesion_outputs(folder: Path, lesion: np.ndarray, extras: Dict[str, np.ndarray],
+                         geometry) -> None:
+    """lesion.nii.gz (uint8 0/1) and one <name>.nii.gz per extra image (e.g. pseudo_dwi), on ``geometry``."""
+    write_volume(Path(folder) / "lesion.nii.gz", lesion, geometry)
+    for name, image in extras.items():
+        write_volume(Path(folder) / f"{name}.nii.gz", np.asarray(image, dtype=np.float32), geometry)
 
 
 def write_json(path, content: dict) -> None:
