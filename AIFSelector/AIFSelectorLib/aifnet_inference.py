@@ -83,7 +83,7 @@ def predict_logits(model: AIFNet, series: CTPSeries, device="cpu", max_voxels: i
     fy, fx = factors
     nz, ny, nx = series.shape_zyx
     cy, cx = -(-ny // fy), -(-nx // fx)
-    step = max(1, max_voxels // (cy * cx))
+    step = max(1, max_voxels // (ny * nx))  # the slab of full-resolution frames bounds the memory
     halo = z_halo(model)
     out = np.empty((nz, cy, cx), np.float32)
     with torch.inference_mode():

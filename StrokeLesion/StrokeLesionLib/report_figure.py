@@ -2,7 +2,8 @@
 
 Top row: AIF and VOF curves (HU over seconds, the scaled AIF that was deconvolved dashed), and where they
 came from (Pvol over the temporal maximum image). Middle row: CBF, CBV, MTT, Tmax on the slice with the
-largest hypoperfused area. Bottom row: core (red) and penumbra (green) on four slices, with volumes.
+largest hypoperfused area. Bottom row: core (red) and penumbra (green) on four slices, with volumes, and the deep
+model's lesion outlined in yellow when one was run.
 """
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def save_report_figure(result, path) -> Path:
              "mismatch ratio: " + ("n/a (no core)" if v["mismatch_ratio"] is None else f"{v['mismatch_ratio']:.2f}"),
              f"mismatch volume: {v['mismatch_volume_ml']:.1f} ml",
              f"deconvolution: {result.options.method}",
+             *([f"lesion ({result.options.lesion_model}): {result.lesion_info.get('lesion_ml', float('nan')):.1f} ml"]
+               if result.lesion is not None else []),
              f"bolus arrival: {result.prepared.bolus.arrival_s:.1f} s"]
     ax.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=11)
 
@@ -93,7 +96,9 @@ def save_report_figure(result, path) -> Path:
         overlay[result.penumbra[z]] = (0.1, 0.8, 0.1, 0.5)
         overlay[result.core[z]] = (0.9, 0.1, 0.1, 0.6)
         ax.imshow(overlay)
-        ax.set_title(f"core/penumbra, slice {z}", fontsize=10)
+        if result.lesion is not None and result.lesion[z].any():
+            ax.contour(result.lesion[z].astype(np.float32), levels=[0.5], colors=["yellow"], linewidths=1.0)
+        ax.set_title(f"core/penumbra{'/lesion' if result.lesion is not None else ''}, slice {z}", fontsize=10)
 
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=80, format="png")

@@ -207,9 +207,18 @@ class StrokeLesionLogic(ParameterNodeLogic):
     # ------------------------------------------------------------------------------------- lesion model
 
     def lesionModelInputs(self):
-        """(series or None, maps) for a lesion model, read from the scene (main thread)."""
-        series = AIFSelectorLogic(self.scene).inputSeries() if self.getNode("inputSequence") is not None else None
-        return series, self.mapArrays()
+        """(series or None, maps) for a lesion model, read from the scene (main thread): rCBF, Tmax and the
+        tissue mask, plus CBF, CBV and MTT when AIFSelector computed them on the same grid."""
+        aif_logic = AIFSelectorLogic(self.scene)
+        series = aif_logic.inputSeries() if self.getNode("inputSequence") is not None else None
+        maps = self.mapArrays()
+        for key in ("cbf", "cbv", "mtt"):
+            node = aif_logic.mapVolume(key)
+            if node is not None and node.GetImageData() is not None:
+                array = mc.array_from_volume(node)
+                if array.shape == maps["rcbf"].shape:
+                    maps[key] = array
+        return series, maps
 
     @staticmethod
     def computeLesion(name: str, series, maps: Dict[str, np.ndarray], device: Optional[str] = None) -> Optional[np.ndarray]:
@@ -448,8 +457,22 @@ def _tag(segment, name: str) -> str:
 
 
 def _builtin_lesion_model(name: str) -> Optional[Callable]:
-    """Lesion models shipped with the package, looked up lazily (they import torch)."""
-    return None
+    """The shipped CTP lesion model ('pseudodwi': pseudo-DWI synthesis + SLNet) as a LESION_MODELS callable;
+    torch and the network are imported only when it runs. The perfusion maps shown in the scene are used
+    when all four (CBF, CBV, MTT, Tmax) are there, else the pipeline computes them from the series."""
+    if name != "pseudodwi":
+        return None
+
+    def pseudodwi(series, maps: Dict[str, np.ndarray], device: Optional[str] = None) -> np.ndarray:
+        from .lesion_models import segment
+        if series is None:
+            raise InputError("the pseudo-DWI model needs the CTP sequence (select it in AIFSelector)")
+        needed = ("cbf", "cbv", "mtt", "tmax")
+        given = {k: maps[k] for k in needed} if all(k in maps for k in needed) else None
+        mask, _, _ = segment("pseudodwi", {"series": series, "maps": given}, device or "auto")
+        return mask
+
+    return pseudodwi
 
 
 __all__ = ["StrokeLesionLogic", "SEGMENTS", "PARAMETERS", "NODE_PARAMETERS", "register_lesion_model",
