@@ -1,5 +1,6 @@
 """The digital CT perfusion phantom: a head with known perfusion maps, vessels, an MCA-territory
-lesion, and DWI / NCCT / T1 look-alikes of the same lesion.
+lesion (or, with ``lesion_variety=True``, 1-3 lesions of random territory, side, size and shape), and
+DWI / NCCT / T1 look-alikes of the same lesion.
 
     case = make_phantom(seed=3)          # ISLES-like: 8 x 256 x 256, 48 frames at 1 s, noise 5 HU
     write_phantom(case, "phantom_003")   # the DESIGN.md phantom folder
@@ -106,13 +107,32 @@ def _jsonable(x):
 
 def make_phantom(seed: int = 0, shape_zyx=(8, 256, 256), n_frames: int = 48, dt_s: float = 1.0,
                  spacing_mm=(0.9, 0.9, 6.0), noise_hu: float = 5.0, motion: bool = False,
-                 frame_times_s: Optional[np.ndarray] = None) -> PhantomCase:
+                 frame_times_s: Optional[np.ndarray] = None, lesion_variety: bool = False,
+                 head_rotation_max_deg: float = 8.0) -> PhantomCase:
     """A phantom case, deterministic per seed.
 
     shape_zyx: voxels (z, y, x); spacing_mm: (x, y, z) mm; frames at 0, dt_s, ... (n_frames of them), or
     at ``frame_times_s`` (irregular sampling allowed; n_frames and dt_s are then ignored). noise_hu: SD of
     the Gaussian CT noise per voxel and frame. motion: small random in-plane rigid motion per frame
     (the truth stays in the position of the first frame).
+
+    head_rotation_max_deg: the in-plane head rotation params['anatomy']['head_rotation_deg'] is uniform in
+    +/- this [deg]. Sign: a positive angle turns the head's left-right axis from +x towards +y, i.e. the head
+    axis (x, y) = (1, 0) points along (cos a, sin a) in world mm; in a (y, x) array shown with row 0 at the
+    top (y, posterior, downwards) that is clockwise.
+    lesion_variety: False (default) gives the historical case, bit-identical for every seed: one
+    MCA-territory lesion, head shift +/- 6 mm. True: 1-3 lesions of random vascular territory (MCA, ACA,
+    PCA, deep/lacunar, now and then ICA = MCA + ACA), hemisphere, size (a few ml to most of a hemisphere) and irregular shape
+    (:mod:`phantom_lesions`), a head shift up to 20 mm and a wider slab position, a chronic T1 look
+    (CSF-like cavity in a gliotic rim) and NCCT darkening of 4-10 HU per lesion. Its draws come from a
+    second generator ``default_rng([seed, 1])``; they are listed in params['lesions'] (one dict per lesion:
+    site, side, volume_ml (core, on this grid), penumbra_volume_ml, centre_head_mm, nominal_core_volume_ml,
+    core_radius_mm, n_blobs, blobs (offset_mm from the centre, core_radius_mm, relative_axes, yaw_deg of each
+    ellipsoid of the union), lobulation, ragged_edge, penumbra_margin_mm, rim_margin_mm, ncct_darkening_hu,
+    t1_cavity, t1_gliosis, t1_rim_fraction); the default case lists its one lesion there too (site, side,
+    centre_head_mm, core_radius_mm, penumbra_margin_mm, rim_margin_mm, volume_ml) and keeps them in
+    params['anatomy'] (lesion_side, lesion_centre_head_mm, core_radius_mm, penumbra_margin_mm,
+    rim_margin_mm) and its params['ncct_lesion_darkening_hu'] (None in variety mode).
 
     truth: 'cbf' (ml/100g/min), 'cbv' (ml/100g), 'mtt' (s), 'tmax' (s), 'ttp' (s from the first frame),
     'rcbf', 'rcbv' (float32, zero outside tissue_mask); 'core', 'penumbra' (the decision rule on the true
@@ -131,10 +151,17 @@ def make_phantom(seed: int = 0, shape_zyx=(8, 256, 256), n_frames: int = 48, dt_
     if len(shape_zyx) != 3 or min(shape_zyx) < 1 or min(shape_zyx[1:]) < 16:
         raise InputError(f"phantom shape must be (z, y, x) with at least 16 voxels in-plane, got {shape_zyx}")
     spacing = tuple(float(s) for s in spacing_mm)
+    if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise InputError(f"phantom spacing must be three positive (x, y, z) mm, got {spacing_mm}")
+    head_rotation_max_deg = float(head_rotation_max_deg)
+    if not 0.0 <= head_rotation_max_deg <= 180.0:
+        raise InputError(f"head_rotation_max_deg must be within 0-180 deg, got {head_rotation_max_deg}")
     rng = np.random.default_rng(seed)
     U = rng.uniform
+    variety_rng = np.random.default_rng([int(seed), 1]) if lesion_variety else None
 
-    anat = make_anatomy(rng, shape_zyx, spacing)
+    anat = make_anatomy(rng, shape_zyx, spacing, head_rotation_max_deg=head_rotation_max_deg,
+                        variety_rng=variety_rng)
     grid = anat.grid
     u_cbf, u_mtt, u_delay, u_beta, u_look = (uniform01(f) for f in anat.fields[:5])
 
@@ -240,7 +267,11 @@ def make_phantom(seed: int = 0, shape_zyx=(8, 256, 256), n_frames: int = 48, dt_
     static = anat.static_hu.copy()
     static = (1.0 - vessel_tot) * static + vessel_tot * blood0
     static = blur_inplane(static, 0.5).astype(np.float32)
-    dwi, ncct, t1 = _look_alikes(rng, anat, static, u_look, ncct_dark, dwi_ratio, noise_hu)
+    if lesion_variety:
+        dwi, ncct, t1 = _look_alikes(rng, anat, static, u_look, _per_lesion(anat, "ncct_darkening_hu"), dwi_ratio,
+                                     noise_hu, _chronic_t1(anat))
+    else:
+        dwi, ncct, t1 = _look_alikes(rng, anat, static, u_look, ncct_dark, dwi_ratio, noise_hu)
 
     # ---- the dynamic series
     scale_v = (TISSUE_DENSITY_G_PER_ML / K_H) * cbf / 6000.0
@@ -282,20 +313,44 @@ def make_phantom(seed: int = 0, shape_zyx=(8, 256, 256), n_frames: int = 48, dt_
         dispersion_lesion_s=[1.0, 3.0], grey_cbf_range=list(grey_cbf), white_cbf_range=list(white_cbf),
         penumbra_cbf_range=list(pen_cbf), core_cbf_range=list(core_cbf), rim_cbf_factor=rim_cbf_factor,
         rim_mtt_factor=rim_mtt_factor, control_cbf=refs["cbf_control"], control_cbv=refs["cbv_control"],
-        ncct_lesion_darkening_hu=ncct_dark, dwi_lesion_ratio=dwi_ratio, labels=LABELS,
+        ncct_lesion_darkening_hu=None if lesion_variety else ncct_dark, dwi_lesion_ratio=dwi_ratio, labels=LABELS,
         tissue_ranges=dict(grey=GREY, white=WHITE, penumbra=PENUMBRA_TABLE, core=CORE_TABLE),
         volumes_ml={k: float(truth[k].sum()) * geometry.voxel_volume_ml for k in ("core", "penumbra", "lesion")},
-        anatomy=anat.params)
+        anatomy=anat.params, lesion_variety=bool(lesion_variety), head_rotation_max_deg=head_rotation_max_deg,
+        lesions=anat.lesions)
     return PhantomCase(series=series, truth=truth, aif_hu=aif_hu, vof_hu=vof_hu, dwi=dwi, ncct=ncct, t1=t1,
                        params=_jsonable(params))
 
 
-def _look_alikes(rng, anat, static_hu, u_look, ncct_dark, dwi_ratio, noise_hu):
+def _per_lesion(anat, key: str) -> np.ndarray:
+    """(z, y, x) float32: the lesion's params value ``key`` in each core voxel, 0 elsewhere."""
+    lut = np.zeros(len(anat.lesions) + 1, np.float32)
+    lut[1:] = [les[key] for les in anat.lesions]
+    return lut[anat.core_index]
+
+
+def _chronic_t1(anat) -> np.ndarray:
+    """(z, y, x) float32 T1 look-alike intensity of chronic infarcts (variety mode): the lesion's CSF-like
+    cavity value deep in the core, rising through a gliotic rim (t1_rim_fraction of the way in from the
+    core's edge) to its gliosis value at the edge; extended just beyond the cores (normalised in-plane
+    blur), where the look-alike's blurred lesion weight still reaches."""
+    cavity, gliosis = _per_lesion(anat, "t1_cavity"), _per_lesion(anat, "t1_gliosis")
+    rim = np.maximum(_per_lesion(anat, "t1_rim_fraction"), 1e-3)
+    inner = np.clip(anat.core_depth / rim, 0.0, 1.0)
+    core = (anat.core_index > 0).astype(np.float32)
+    value = core * (gliosis + (cavity - gliosis) * inner)
+    return (blur_inplane(value, 0.8) / np.maximum(blur_inplane(core, 0.8), 1e-6)).astype(np.float32)
+
+
+def _look_alikes(rng, anat, static_hu, u_look, ncct_dark, dwi_ratio, noise_hu, t1_lesion=None):
     """DWI (acute infarct bright), NCCT (infarct a few HU darker), T1 (chronic-looking dark lesion) on the
-    phantom grid: label intensities, partial volume with vessels, blur, noise (Rician for the MR ones)."""
+    phantom grid: label intensities, partial volume with vessels, blur, noise (Rician for the MR ones).
+    ncct_dark: one darkening [HU] for every core, or a (z, y, x) map of it per core voxel; t1_lesion: None
+    (every core at 50) or a (z, y, x) map of the chronic T1 lesion intensity."""
     base = anat.base_labels
     core = (base == CORE).astype(np.float32)
-    w_les = blur_inplane(core, 0.8) * (0.75 + 0.5 * u_look)
+    look = 0.75 + 0.5 * u_look
+    w_les = blur_inplane(core, 0.8) * look
     tissue_of = np.where(anat.is_grey, GM, WM)
     under = np.where(np.isin(base, (OLIGAEMIA, PENUMBRA, CORE)), tissue_of, base)
     vt = anat.vessel_total
@@ -315,8 +370,11 @@ def _look_alikes(rng, anat, static_hu, u_look, ncct_dark, dwi_ratio, noise_hu):
     dwi = mr({SCALP: 60, SKULL: 10, CSF: 25, GM: 130, WM: 110, CALCIFICATION: 15}, 30.0,
              lambda img: img * dwi_ratio, 1.0, 4.0)
     t1 = mr({SCALP: 150, SKULL: 25, CSF: 40, GM: 85, WM: 120, CALCIFICATION: 30}, 70.0,
-            lambda img: np.full_like(img, 50.0), 0.7, 3.0)
-    ncct = static_hu - ncct_dark * w_les
+            (lambda img: np.full_like(img, 50.0)) if t1_lesion is None else (lambda img: t1_lesion), 0.7, 3.0)
+    if np.ndim(ncct_dark) == 0:
+        ncct = static_hu - ncct_dark * w_les
+    else:
+        ncct = static_hu - blur_inplane(ncct_dark, 0.8) * look
     if noise_hu > 0:
         ncct = ncct + rng.standard_normal(ncct.shape, dtype=np.float32) * np.float32(0.8 * noise_hu)
     return dwi, ncct.astype(np.float32), t1

@@ -1,21 +1,26 @@
 """Anatomy of the digital phantom: head, skull, scalp, CSF, grey and white matter, vessels with partial
-volume, calcifications and an MCA-territory lesion, on any (z, y, x) grid.
+volume, calcifications and the lesion(s) of :mod:`phantom_lesions` (one MCA-territory lesion by default),
+on any (z, y, x) grid.
 
 Geometry: LPS as everywhere in the package (x to the patient's left, y posterior, z superior), identity
 direction, the grid centred on the origin. The head is an ellipsoid of random size, in-plane rotation
 and position; every structure is placed in head coordinates (xh, yh, zh) and so moves with it. A head
 that does not fit the field of view is scaled down as a whole (a miniature head on small test grids);
-thin structures (skull, cortex, vessels) keep at least about one voxel.
+thin structures (skull, cortex, vessels) keep at least about one voxel. Rotation sign (:class:`Frame`):
+a positive angle turns the head's x axis from +x towards +y, so its posterior pole moves towards -x;
+in a (y, x) array shown with row 0 at the top that is clockwise.
 
 Tissue label codes (``LABELS``): 0 air, 1 scalp, 2 skull, 3 CSF, 4 grey matter, 5 white matter,
 6 artery (>= 50 % vessel), 7 vein (>= 50 % vessel), 8 oligaemic rim (delayed, Tmax < 6 s),
 9 penumbra, 10 infarct core, 11 calcification.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
+
+from .phantom_lesions import mca_lesion, varied_lesions
 
 LABELS = {0: "air", 1: "scalp", 2: "skull", 3: "csf", 4: "grey_matter", 5: "white_matter", 6: "artery",
           7: "vein", 8: "oligaemia", 9: "penumbra", 10: "core", 11: "calcification"}
@@ -45,7 +50,9 @@ class Grid:
 
 @dataclass
 class Frame:
-    """Head coordinates: a rotation by ``angle`` about z and a shift of the head centre to ``centre``."""
+    """Head coordinates: a rotation by ``angle`` about z and a shift of the head centre to ``centre``.
+    The head axis (1, 0) lies along (cos angle, sin angle) in world (x, y), the head axis (0, 1) (posterior)
+    along (-sin angle, cos angle)."""
 
     angle_rad: float
     centre_xyz: Tuple[float, float, float]
@@ -195,6 +202,9 @@ class Anatomy:
     static_hu: np.ndarray       # float32 pre-contrast HU (partial volume, scanner blur)
     fields: np.ndarray          # spare smooth fields (n, z, y, x) standard normal, for the physiology
     params: dict = field(default_factory=dict)
+    core_index: Optional[np.ndarray] = None  # uint8: 1 + index of the lesion whose core holds the voxel, else 0
+    core_depth: Optional[np.ndarray] = None  # float32: 0 at a core's edge, 1 at its centre
+    lesions: List[dict] = field(default_factory=list)  # one dict per lesion (site, side, volume_ml, ...)
 
     @property
     def vessel_total(self) -> np.ndarray:
@@ -212,7 +222,45 @@ def _ellipsoid(xh, yh, zh, centre, axes, yaw_deg=0.0):
     return (q2[None, :, :] + qz[:, None, None]) < 1.0
 
 
-def make_anatomy(rng: np.random.Generator, shape_zyx, spacing_xyz, n_spare_fields: int = 5) -> Anatomy:
+HEAD_SHIFT_VARIETY_MM = 20.0
+"""Largest in-plane head shift [mm, adult head] in variety mode (less where the field of view is tight)."""
+SLAB_CENTRE_VARIETY_MM = (0.0, 32.0)
+"""Variety mode: the slab centre lies this far above the head centre [mm, adult head] (default 8-26)."""
+
+
+def _head_pose(variety_rng, grid: Grid, semi_axes_xy, angle_deg: float, scale: float, shift, slab_centre: float):
+    """Head scale, in-plane shift (x, y) [mm] and slab centre [mm above the head centre] so that the rotated
+    head (unscaled in-plane semi-axes ``semi_axes_xy`` mm) lies inside the field of view.
+
+    Default (``variety_rng`` None): the drawn pose, shrunk only where the rotated, shifted head would reach
+    past the field of view (never for rotations up to 8 deg). Variety: the scale allows for the rotated
+    extent, the shift is redrawn up to HEAD_SHIFT_VARIETY_MM within the room left, the slab centre is
+    redrawn in SLAB_CENTRE_VARIETY_MM."""
+    a, b = semi_axes_xy
+    c, s = abs(np.cos(np.radians(angle_deg))), abs(np.sin(np.radians(angle_deg)))
+    extent = np.array([np.hypot(a * c, b * s), np.hypot(a * s, b * c)])      # rotated half-extent x, y [mm]
+    _, ny, nx = grid.shape_zyx
+    half_fov = 0.5 * np.array([nx * grid.spacing_xyz[0], ny * grid.spacing_xyz[1]])
+    limit = half_fov - 0.5 * np.array(grid.spacing_xyz[:2])
+    if variety_rng is None:
+        over = float(np.max((np.abs(shift) + extent * scale) / limit))
+        if over > 1.0:
+            scale, shift = scale / over, shift / over
+        return scale, shift, slab_centre
+    scale = float(min(scale, 0.82 * np.min(half_fov / extent)))
+    room = np.maximum(limit - 0.5 * np.array(grid.spacing_xyz[:2]) - extent * scale, 0.0)
+    shift = variety_rng.uniform(-1.0, 1.0, size=2) * np.minimum(HEAD_SHIFT_VARIETY_MM * scale, room)
+    return scale, shift, variety_rng.uniform(*SLAB_CENTRE_VARIETY_MM) * scale
+
+
+def make_anatomy(rng: np.random.Generator, shape_zyx, spacing_xyz, n_spare_fields: int = 5,
+                 head_rotation_max_deg: float = 8.0, variety_rng: Optional[np.random.Generator] = None) -> Anatomy:
+    """The phantom's anatomy on a (z, y, x) grid of ``spacing_xyz`` mm, drawn from ``rng``.
+
+    head_rotation_max_deg: the in-plane head rotation is uniform in +/- this [deg] (see :class:`Frame` for
+    the sign). variety_rng: None for the default case (one MCA lesion, head shift +/- 6 mm); a separate
+    generator for the variety mode (1-3 lesions of :mod:`phantom_lesions`, a head shift up to 20 mm as far
+    as the field of view allows, a wider slab position), whose draws leave ``rng``'s stream untouched."""
     grid = Grid(tuple(int(n) for n in shape_zyx), tuple(float(s) for s in spacing_xyz))
     nz, ny, nx = grid.shape_zyx
     sx, sy, sz = grid.spacing_xyz
@@ -224,9 +272,10 @@ def make_anatomy(rng: np.random.Generator, shape_zyx, spacing_xyz, n_spare_field
     a_h, b_h, c_h = U(70, 78), U(88, 98), U(78, 86)
     half_fov = 0.5 * min(nx * sx / a_h, ny * sy / b_h)
     scale = float(min(1.0, 0.82 * half_fov))
-    angle = U(-8, 8)
+    angle = U(-head_rotation_max_deg, head_rotation_max_deg)
     shift = U(-6, 6, size=2) * scale
     slab_centre = U(8, 26) * scale
+    scale, shift, slab_centre = _head_pose(variety_rng, grid, (a_h, b_h), angle, scale, shift, slab_centre)
     a_h, b_h, c_h = a_h * scale, b_h * scale, c_h * scale
     frame = Frame(np.radians(angle), (float(shift[0]), float(shift[1]), -slab_centre))
     xh, yh, zh = frame.head_coords(grid)
@@ -388,29 +437,21 @@ def make_anatomy(rng: np.random.Generator, shape_zyx, spacing_xyz, n_spare_field
     labels[calc] = CALCIFICATION
     is_grey &= ~calc
 
-    # ---- the MCA-territory lesion (core inside penumbra inside an oligaemic rim), tissue only
-    r_core = (7.0 + 23.0 * U(0, 1) ** 1.5) * scale
-    margin_pen, margin_rim = U(8, 28) * scale, U(4, 10) * scale
-    cen = np.array([side * U(0.42, 0.6) * a_b, U(-0.2, 0.15) * b_b, 0.5 * (z_lo + z_hi) + U(-0.2, 0.2) * H])
-    core_cen = cen + [-side * U(0, 4) * scale, U(-3, 3) * scale, U(-3, 3) * scale]
-    elong = U(0.8, 1.3, size=3)
-    def rho(centre, r):
-        u = (xh[None] - centre[0]) / (r * elong[0])
-        w = (yh[None] - centre[1]) / (r * elong[1])
-        q = (z3 - centre[2]) / (r * elong[2])
-        return np.sqrt(u * u + w * w + q * q) * (1.0 + 0.3 * np.clip(f_lesion, -2.5, 2.5))
-    rho_c, rho_p = rho(core_cen, r_core), rho(cen, r_core + margin_pen)
-    rho_r = rho(cen, r_core + margin_pen + margin_rim)
-    # MCA territory: spare the medial (ACA) strip, wider anteriorly, and the occipital (PCA) pole
-    mca = (side * xh > 0.2 * a_b * (1.0 + 0.6 * np.clip(-yh / b_b, 0, 1))) & (yh < 0.55 * b_b)
-    tissue = np.isin(labels, (GM, WM)) & mca[None]
-    lesion_class = np.zeros(grid.shape_zyx, np.uint8)
-    lesion_class[tissue & (rho_r < 1)] = 1
-    lesion_class[tissue & (rho_p < 1)] = 2
-    lesion_class[tissue & (rho_c < 1)] = 3
-    lesion_depth = np.clip(1.0 - rho_p, 0.0, 1.0).astype(np.float32)
-    p.update(lesion_side="left" if side > 0 else "right", lesion_centre_head_mm=cen.tolist(),
-             core_radius_mm=r_core, penumbra_margin_mm=margin_pen, rim_margin_mm=margin_rim)
+    # ---- the lesion(s): core inside penumbra inside an oligaemic rim, grey and white matter only
+    tissue = np.isin(labels, (GM, WM))
+    voxel_ml = sx * sy * sz / 1000.0
+    if variety_rng is None:
+        les = mca_lesion(rng, xh, yh, zh, tissue, f_lesion, a_b, b_b, scale, side, voxel_ml)
+        first = les.lesions[0]
+        p.update(lesion_side=first["side"], lesion_centre_head_mm=first["centre_head_mm"],
+                 core_radius_mm=first["core_radius_mm"], penumbra_margin_mm=first["penumbra_margin_mm"],
+                 rim_margin_mm=first["rim_margin_mm"])
+    else:
+        coarse = smooth_fields(variety_rng, grid, 3, (16.0 * scale + 2 * vox,) * 2 + (max(16.0 * scale, 1.5 * sz),))
+        fine = smooth_fields(variety_rng, grid, 1, (5.0 * scale + vox,) * 2 + (max(8.0 * scale, sz),))
+        les = varied_lesions(variety_rng, xh, yh, zh, tissue, (coarse[0], fine[0], coarse[1], coarse[2]), a_b, b_b,
+                             scale, side, voxel_ml)
+    lesion_class, lesion_depth = les.lesion_class, les.lesion_depth
 
     base_labels = labels.copy()
     base_labels[lesion_class == 1] = OLIGAEMIA
@@ -435,7 +476,8 @@ def make_anatomy(rng: np.random.Generator, shape_zyx, spacing_xyz, n_spare_field
     p.update(skull_hu_range=[skull_lo, skull_hi])
     return Anatomy(grid=grid, labels=final, base_labels=base_labels, is_grey=is_grey & np.isin(labels, (GM,)),
                    lesion_class=lesion_class, lesion_depth=lesion_depth, vessel=vessel,
-                   brain_mask=intracranial, static_hu=hu, fields=f[n_anat:], params=p)
+                   brain_mask=intracranial, static_hu=hu, fields=f[n_anat:], params=p,
+                   core_index=les.core_index, core_depth=les.core_depth, lesions=les.lesions)
 
 
 def blur_inplane(volume: np.ndarray, sigma_vox: float) -> np.ndarray:
