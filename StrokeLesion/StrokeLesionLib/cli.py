@@ -235,7 +235,8 @@ def cmd_aif(args):
 def cmd_phantom(args):
     from AIFSelectorLib.phantom import make_phantom, write_phantom
     check_free(args.out, args.overwrite)
-    case = make_phantom(seed=args.seed, noise_hu=args.noise_hu)
+    case = make_phantom(seed=args.seed, noise_hu=args.noise_hu, lesion_variety=args.lesion_variety,
+                        head_rotation_max_deg=args.head_rotation_max)
     with staged_folder(args.out, args.overwrite) as stage:
         write_phantom(case, stage)
     print(f"wrote phantom seed {args.seed} to {args.out}")
@@ -340,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     common_out(sp)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--noise-hu", type=float, default=5.0, help="CT noise sigma per voxel and frame (HU)")
+    sp.add_argument("--lesion-variety", action="store_true",
+                    help="1-3 lesions of random site, size and shape, chronic T1 look (the lesion models' data)")
+    sp.add_argument("--head-rotation-max", type=float, default=8.0, metavar="DEG",
+                    help="in-plane head rotation drawn in +/- DEG (default 8)")
     sp.set_defaults(func=cmd_phantom)
 
     sp = sub.add_parser("demo", help="phantom -> whole pipeline -> results beside the truth")
