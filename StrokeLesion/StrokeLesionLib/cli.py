@@ -248,9 +248,12 @@ def cmd_demo(args):
     from .truth_comparison import compare_with_truth, format_comparison
     check_free(args.out, args.overwrite)
     _check_scene(args)
+    options = _options(args)
+    if options.lesion_model != "none":
+        from .lesion_models import check_weights
+        check_weights(options.lesion_model)  # fail before any work
     print(f"making the digital phantom (seed {args.seed}) ...")
     case = make_phantom(seed=args.seed)
-    options = _options(args)
     phantom_dir = Path(args.out).resolve().parent / f".{Path(args.out).name}.phantom-input"
     try:
         write_phantom(case, phantom_dir)
@@ -353,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     common_maps(sp)
     sp.add_argument("--aif", choices=("aifnet", "classic"), default="aifnet", help="AIF/VOF selector")
+    sp.add_argument("--lesion-model", choices=("pseudodwi", "none"), default="pseudodwi",
+                    help="deep lesion model run on the phantom (default pseudodwi; its weights saw only phantoms)")
     sp.add_argument("--scene", type=Path, help="also write a Slicer scene bundle (.mrb; needs slicer-core)")
     sp.set_defaults(func=cmd_demo)
     return p

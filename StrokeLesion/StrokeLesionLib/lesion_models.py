@@ -28,6 +28,8 @@ from AIFSelectorLib.ctp_series import CTPSeries, VolumeGeometry
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.volume_io import geometry_of, read_image
 
+from .lesion_thresholds import MIN_ISLAND_ML, remove_islands
+
 MODELS = ("pseudodwi", "sean", "xnet")
 MODALITY = {"pseudodwi": "CT perfusion series", "sean": "non-contrast CT", "xnet": "T1-weighted MRI"}
 INFERENCE = {"pseudodwi": ("pseudo_dwi_inference", "segment_pseudo_dwi"),
@@ -182,8 +184,11 @@ def _perfusion(series: CTPSeries, device: Optional[str]):
 
 
 def segment(model: str, inputs: Dict[str, object], device: Optional[str] = "auto",
-            folder: Optional[Path] = None) -> Tuple[np.ndarray, Dict[str, np.ndarray], dict]:
+            folder: Optional[Path] = None,
+            min_island_ml: float = MIN_ISLAND_ML) -> Tuple[np.ndarray, Dict[str, np.ndarray], dict]:
     """Runs ``model`` on ``inputs`` after checking them; returns (lesion (z, y, x) bool, extras, info).
+    Connected lesion components smaller than ``min_island_ml`` (ml; the core/penumbra minimum by default)
+    are removed, as for the core and penumbra.
 
     inputs: pseudodwi: ``series`` (CTPSeries, HU), optional ``maps`` {'cbf','cbv','mtt','tmax'} (z, y, x)
     and ``brain_mask`` (z, y, x) bool (computed by the perfusion pipeline when absent); sean: ``ncct``
@@ -226,6 +231,7 @@ def segment(model: str, inputs: Dict[str, object], device: Optional[str] = "auto
     mask = np.asarray(mask).astype(bool)
     if mask.shape != tuple(shape):
         raise InputError(f"the {model} model returned a mask of shape {mask.shape} for an image of {tuple(shape)}")
+    mask = remove_islands(mask, voxel_ml, min_island_ml)
     info = dict(info)
     info["model"] = model
     info["lesion_ml"] = float(mask.sum()) * voxel_ml

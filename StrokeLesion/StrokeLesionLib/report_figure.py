@@ -61,8 +61,9 @@ def save_report_figure(result, path) -> Path:
             continue
         z = int(np.argmax(pvol.sum(axis=(1, 2))))
         ax.imshow(base[z], **anatomy_window)
-        shown_p = np.ma.masked_less_equal(pvol[z], 0)
-        ax.imshow(shown_p, cmap=cmap, alpha=0.9)
+        # a softmax Pvol is positive everywhere: show where it holds weight (>= 2 % of its maximum)
+        shown_p = np.ma.masked_less(pvol[z], 0.02 * float(pvol.max()))
+        ax.imshow(shown_p, cmap=cmap, alpha=0.9, vmin=0.0, vmax=float(pvol.max()))
         ax.set_title(f"{name} Pvol, slice {z}", fontsize=10)
         ax.set_axis_off()
 

@@ -37,6 +37,10 @@ def compare_with_truth(result, case) -> dict:
     maps, tissue = result.perfusion.maps, result.perfusion.tissue & truth["tissue_mask"]
     truth_core, truth_pen = float(truth["core"].sum() * voxel_ml), float(truth["penumbra"].sum() * voxel_ml)
     healthy = {"grey_matter": GM, "white_matter": WM}
+    lesion = None
+    if getattr(result, "lesion", None) is not None:
+        lesion = {"model": result.options.lesion_model, "estimate": round(float(result.lesion.sum() * voxel_ml), 2),
+                  "truth": round(float(truth["lesion"].sum() * voxel_ml), 2), "dice": dice(result.lesion, truth["lesion"])}
     return {
         "core_ml": {"estimate": result.volumes["core_ml"], "truth": round(truth_core, 2)},
         "penumbra_ml": {"estimate": result.volumes["penumbra_ml"], "truth": round(truth_pen, 2)},
@@ -48,6 +52,7 @@ def compare_with_truth(result, case) -> dict:
                            for name, code in healthy.items()},
         "aif_pvol_on_arteries": None if result.functions.aif_pvol is None
         else float(result.functions.aif_pvol[truth["artery_mask"]].sum()),
+        "lesion_ml": lesion,
     }
 
 
@@ -61,6 +66,9 @@ def format_comparison(c: dict) -> str:
              f"penumbra (ml)      {c['penumbra_ml']['estimate']:9.1f}  {c['penumbra_ml']['truth']:9.1f}   Dice {c['dice']['penumbra']:.3f}",
              "mismatch ratio     " + ("      n/a" if ratio["estimate"] is None else f"{ratio['estimate']:9.2f}")
              + ("        n/a" if ratio["truth"] is None else f"  {ratio['truth']:9.2f}"),
+             *([f"lesion (ml, {c['lesion_ml']['model']:9s}) {c['lesion_ml']['estimate']:5.1f}  "
+                f"{c['lesion_ml']['truth']:9.1f}   Dice {c['lesion_ml']['dice']:.3f}  (infarct as DWI shows it)"]
+               if c.get("lesion_ml") else []),
              "healthy tissue, median error vs truth:"]
     for name, e in c["healthy_tissue"].items():
         lines.append(f"  {name:13s} CBF {pct(e['cbf']['median_rel_error'])}, CBV {pct(e['cbv']['median_rel_error'])}, "
