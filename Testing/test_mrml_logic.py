@@ -549,3 +549,24 @@ def test_saved_and_reloaded_scene_keeps_curves_corrections_and_parameters(phanto
             round(phantom.truth["core"].sum() * series.geometry.voxel_volume_ml, 2))
     finally:
         env.close()
+
+
+def test_shipped_pseudo_dwi_model_becomes_the_lesion_segment(phantom):
+    """StrokeLesion with the lesion model 'pseudodwi': the shipped network runs on the scene's CTP sequence
+    and maps, and its mask (on the maps' grid) becomes the 'Lesion (model)' segment."""
+    pytest.importorskip("torch")
+    c = new_case(phantom)
+    try:
+        lesion_logic = StrokeLesionLogic(c.scene)
+        assert lesion_logic.setInputsFromAIFSelector()
+        series, maps = lesion_logic.lesionModelInputs()
+        assert {"cbf", "cbv", "mtt", "tmax"} <= set(maps)  # AIFSelector's maps, not recomputed
+        lesion_logic.setParameter("lesionModel", "pseudodwi")
+        lesion = lesion_logic.runLesionModel(device="cpu")
+        assert lesion.shape == maps["rcbf"].shape and lesion.dtype == bool
+        seg = lesion_logic.run(device="cpu")
+        assert _segment_names(seg) == ["Core", "Penumbra", "Lesion (model)"]
+        assert np.array_equal(lesion_logic.segmentMask(seg, "lesion"), lesion)
+        assert not (lesion & ~maps["tissue"] & (maps["cbf"] <= 0)).any()  # nothing outside the maps' brain
+    finally:
+        c.env.close()
