@@ -1,0 +1,332 @@
+"""Trains SEAN: the symmetry alignment network first (unsupervised), then the HybridUnet segmenter on the
+aligned images.
+
+    python -m training.sean.train --out DIR [--name sean] [--data phantom | --data aisd --root DIR]
+        [--attention symmetric|self|none] [--no-alignment] [--alignment-from MODELS_DIR]
+        [--max-minutes 10] [--threads 1]
+
+Stage 1 (skipped with --no-alignment or --alignment-from): AlignmentNet on whole cases resampled to its
+grid, loss = symmetry L1 + restoration L1 (+ a tiny shift penalty); no pose labels. Stage 2: every case
+is resampled onto the segmenter's grid with its estimated pose (identity with --no-alignment), the
+HybridUnet learns generalised Dice + cross-entropy on 2T+1-slice stacks; early stopping on the mean 3D
+validation Dice (aligned grid), the best state is kept.
+
+Optimiser: Adam (betas 0.9/0.999): stage 1 lr 1e-3 halved every third of its iterations; stage 2 lr 2e-3
+halved every ``--lr-decay-every`` (400) iterations, batches of 6 slice stacks (half of them holding
+infarct). The paper's exact optimiser settings could not be looked up here (no copy of its full text
+offline); Adam is the assumption. Outputs ``<out>/<name>.pt`` (and ``<out>/<alignment-name>.pt`` when
+stage 1 ran) in the checkpoint format of ``AIFSelectorLib.model_weights``.
+"""
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .data import TRAIN_SEED0, VAL_SEED0, aisd_cases, alignment_batch, phantom_cases, segmentation_batch
+
+VERSION = "1.0"
+
+
+@dataclass
+class TrainOptions:
+    align_iters: int = 600
+    align_lr: float = 1e-3
+    align_batch: int = 4
+    align_minutes: float = 2.0
+    augment_angle_deg: float = 8.0
+    augment_shift_mm: float = 8.0
+    seg_iters: int = 3000
+    lr: float = 2e-3
+    lr_decay_every: int = 400
+    batch_size: int = 6
+    seg_minutes: float = 8.0
+    lesion_fraction: float = 0.5
+    eval_every: int = 100
+    patience: int = 6
+    seed: int = 0
+
+
+def normalised_cases(cases: Sequence[dict], hu_window) -> List[dict]:
+    """Adds 'x' (normalised (z, y, x)) and 'background' to each case (see sean_alignment.normalise_ncct)."""
+    from StrokeLesionLib.sean_alignment import normalise_ncct
+    out = []
+    for c in cases:
+        x, bg = normalise_ncct(c["ncct"], hu_window)
+        out.append({**c, "x": x, "background": float(bg)})
+    return out
+
+
+def alignment_grid_volumes(cases: Sequence[dict], config) -> List[np.ndarray]:
+    """Every case's normalised volume resampled onto the alignment grid, (z, s, s) float32."""
+    import torch
+    from StrokeLesionLib.sean_alignment import alignment_grid_slices
+    out = []
+    with torch.no_grad():
+        for c in cases:
+            x = torch.from_numpy(c["x"])[None]
+            bg = torch.tensor([c["background"]])
+            out.append(alignment_grid_slices(x, bg, c["spacing_xyz"][:2], config)[0].numpy())
+    return out
+
+
+def estimate_poses(net, cases: Sequence[dict]) -> np.ndarray:
+    """(n, 3) poses (angle_deg, tx_mm, ty_mm) of the cases."""
+    from StrokeLesionLib.sean_inference import estimate_pose
+    return np.stack([estimate_pose(net, c["x"], c["background"], c["spacing_xyz"][:2]) for c in cases])
+
+
+def angle_errors(net, cases: Sequence[dict]) -> np.ndarray:
+    """|estimated - true| rotation (deg) of the cases with a known true angle."""
+    known = [c for c in cases if np.isfinite(c["angle_deg"])]
+    if not known:
+        return np.zeros(0)
+    poses = estimate_poses(net, known)
+    return np.abs(poses[:, 0] - np.array([c["angle_deg"] for c in known]))
+
+
+def random_pose(slices, background, rng: np.random.Generator, config, angle_deg: float, shift_mm: float):
+    """Augmentation of stage 1: every case of (B, Z, s, s) turned and shifted by a random pose (angle
+    uniform in +/- ``angle_deg``, shifts in +/- ``shift_mm``), the background kept outside."""
+    import torch
+    from StrokeLesionLib.sean_alignment import warp_volumes
+    b = slices.shape[0]
+    pose = np.stack([rng.uniform(-angle_deg, angle_deg, b), rng.uniform(-shift_mm, shift_mm, b),
+                     rng.uniform(-shift_mm, shift_mm, b)], 1)
+    sp = config.spacing_xy
+    bg = background[:, None, None, None]
+    with torch.no_grad():
+        return warp_volumes(slices - bg, torch.from_numpy(pose.astype(np.float32)), slices.shape[-2:], sp, sp) + bg
+
+
+def train_alignment(train: Sequence[dict], val: Sequence[dict], config, opts: TrainOptions,
+                    log: Optional[Callable] = None):
+    """Stage 1 (unsupervised). Returns (net, history dict)."""
+    import torch
+    from StrokeLesionLib.sean_alignment import AlignmentNet, alignment_losses
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    net = AlignmentNet(config)
+    volumes = alignment_grid_volumes(train, config)
+    backgrounds = [c["background"] for c in train]
+    opt = torch.optim.Adam(net.parameters(), lr=opts.align_lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, max(1, opts.align_iters // 3), 0.5)
+    t0 = time.perf_counter()
+    history, it = [], 0
+    n_slices = min(v.shape[0] for v in volumes)
+    for it in range(1, opts.align_iters + 1):
+        net.train()
+        x, bg = (torch.from_numpy(a) for a in alignment_batch(volumes, backgrounds, rng, opts.align_batch,
+                                                               min(6, n_slices)))
+        x = random_pose(x, bg, rng, config, opts.augment_angle_deg, opts.augment_shift_mm)
+        terms = alignment_losses(x, net(x, bg), bg, config)
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+        sched.step()
+        history.append(terms["total"].item())
+        if log and it % 50 == 0:
+            log(f"alignment {it}: loss {np.mean(history[-50:]):.4f} (symmetry {terms['symmetry'].item():.4f}, "
+                f"restoration {terms['restoration'].item():.4f})")
+        if time.perf_counter() - t0 > opts.align_minutes * 60.0:
+            break
+    net.eval()
+    err = angle_errors(net, val)
+    info = {"iters_done": it, "seconds": round(time.perf_counter() - t0, 1), "loss_first": history[0],
+            "loss_last": float(np.mean(history[-20:])), "val_angle_error_mean_deg": float(err.mean()) if err.size
+            else None, "val_angle_error_max_deg": float(err.max()) if err.size else None,
+            "optimizer": "Adam", "lr": opts.align_lr, "batch_size": opts.align_batch, "history": history}
+    if log:
+        log(f"alignment done: {it} iterations, {info['seconds']} s, validation angle error "
+            f"{info['val_angle_error_mean_deg']} deg mean, {info['val_angle_error_max_deg']} max")
+    return net, info
+
+
+def aligned_volumes(cases: Sequence[dict], poses: np.ndarray, config):
+    """(volumes, labels): every case on the segmenter's grid under its pose, (z, s, s) float32 and bool."""
+    import torch
+    from StrokeLesionLib.sean_alignment import warp_volumes
+    grid = (config.grid_size, config.grid_size)
+    sp = (config.grid_spacing_mm, config.grid_spacing_mm)
+    vols, labs = [], []
+    with torch.no_grad():
+        for c, pose in zip(cases, poses):
+            p = torch.from_numpy(np.asarray(pose, np.float32))[None]
+            x = torch.from_numpy(c["x"])[None]
+            vols.append(warp_volumes(x, p, grid, sp, c["spacing_xyz"][:2], c["background"])[0].numpy())
+            les = torch.from_numpy(c["lesion"].astype(np.float32))[None]
+            labs.append(warp_volumes(les, p, grid, sp, c["spacing_xyz"][:2])[0].numpy() > 0.5)
+    return vols, labs
+
+
+def validation_dice(net, volumes, labels) -> float:
+    """Mean 3D Dice (p > 0.5) on the segmenter's grid."""
+    import torch
+    from StrokeLesionLib.lesion_metrics import dice
+    from StrokeLesionLib.sean_inference import aligned_probability
+    scores = [dice(aligned_probability(net, torch.from_numpy(v)).numpy() > 0.5, lab) for v, lab in zip(volumes, labels)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def train_segmenter(config, train_vols, train_labs, val_vols, val_labs, opts: TrainOptions,
+                    log: Optional[Callable] = None):
+    """Stage 2. Returns (net in its best validation state, history dict)."""
+    import torch
+    from StrokeLesionLib.sean_model import HybridUNet
+    from training.lesion_data.segmentation_losses import generalised_dice_loss, one_hot, weighted_cross_entropy
+    torch.manual_seed(opts.seed + 1)
+    rng = np.random.default_rng(opts.seed + 1)
+    net = HybridUNet(config)
+    opt = torch.optim.Adam(net.parameters(), lr=opts.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, opts.lr_decay_every, 0.5) if opts.lr_decay_every else None
+    t0 = time.perf_counter()
+    history, best, bad, it = [], {"dice": -1.0, "iter": 0, "state": None}, 0, 0
+    for it in range(1, opts.seg_iters + 1):
+        net.train()
+        x, y = (torch.from_numpy(a) for a in segmentation_batch(train_vols, train_labs, rng, config.context_slices,
+                                                                opts.batch_size, opts.lesion_fraction))
+        logits = net(x)
+        loss = generalised_dice_loss(torch.softmax(logits, 1), one_hot(y, 2)) + weighted_cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        history.append(loss.item())
+        out_of_time = time.perf_counter() - t0 > opts.seg_minutes * 60.0
+        if val_vols and (it % opts.eval_every == 0 or it == opts.seg_iters or out_of_time):
+            d = validation_dice(net, val_vols, val_labs)
+            if d > best["dice"]:
+                best = {"dice": d, "iter": it, "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+                bad = 0
+            else:
+                bad += 1
+            if log:
+                log(f"segmenter {it}: loss {np.mean(history[-opts.eval_every:]):.4f}, validation Dice {d:.3f} "
+                    f"(best {best['dice']:.3f} at {best['iter']}), {time.perf_counter() - t0:.0f} s")
+            if bad >= opts.patience:
+                break
+        if out_of_time:
+            break
+    if best["state"] is not None:
+        net.load_state_dict(best["state"])
+    net.eval()
+    info = {"iters_done": it, "best_iter": best["iter"], "best_val_dice": best["dice"],
+            "seconds": round(time.perf_counter() - t0, 1), "loss_first": history[0],
+            "loss_last": float(np.mean(history[-20:])), "optimizer": "Adam", "lr": opts.lr,
+            "lr_decay_every": opts.lr_decay_every, "batch_size": opts.batch_size, "history": history}
+    return net, info
+
+
+def save_checkpoint(net, path: Path, meta: dict) -> None:
+    import torch
+    from StrokeLesionLib.network_blocks import count_parameters
+    meta = {**meta, "n_parameters": count_parameters(net), "date": time.strftime("%Y-%m-%d")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": 1, "config": net.config.to_dict(), "state_dict": net.state_dict(), "meta": meta}, path)
+
+
+def load_cases(args, log) -> Dict[str, List[dict]]:
+    if args.data == "phantom":
+        train = phantom_cases(range(TRAIN_SEED0, TRAIN_SEED0 + args.n_train))
+        val = phantom_cases(range(VAL_SEED0, VAL_SEED0 + args.n_val))
+        seeds = {"train_seeds": [TRAIN_SEED0, TRAIN_SEED0 + args.n_train - 1],
+                 "val_seeds": [VAL_SEED0, VAL_SEED0 + args.n_val - 1]}
+    else:
+        if args.root is None:
+            raise SystemExit("--data aisd needs --root DIR")
+        train, val = aisd_cases(args.root, "train"), aisd_cases(args.root, "val")
+        seeds = {"train_cases": [c["name"] for c in train], "val_cases": [c["name"] for c in val]}
+    log(f"{len(train)} training and {len(val)} validation cases ({args.data})")
+    return {"train": train, "val": val, "meta": seeds}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m training.sean.train", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--name", default="sean", help="segmenter checkpoint name (<out>/<name>.pt)")
+    p.add_argument("--alignment-name", default="sean_alignment")
+    p.add_argument("--data", choices=("phantom", "aisd"), default="phantom")
+    p.add_argument("--root", type=Path)
+    p.add_argument("--n-train", type=int, default=60)
+    p.add_argument("--n-val", type=int, default=6)
+    p.add_argument("--attention", choices=("symmetric", "self", "none"), default="symmetric")
+    p.add_argument("--no-alignment", action="store_true", help="ablation: segment the images as acquired")
+    p.add_argument("--alignment-from", type=Path, help="a models folder whose manifest holds the alignment network")
+    p.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32, 48])
+    p.add_argument("--context-slices", type=int, default=1, help="T: 2T+1 adjacent slices")
+    p.add_argument("--partitions", type=int, nargs=2, default=[4, 2], metavar=("P", "Q"))
+    p.add_argument("--align-iters", type=int, default=600)
+    p.add_argument("--align-fraction", type=float, default=0.2, help="share of --max-minutes for stage 1")
+    p.add_argument("--iters", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr-decay-every", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=6)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--patience", type=int, default=6)
+    p.add_argument("--max-minutes", type=float, default=10.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+    from AIFSelectorLib.model_weights import load_checkpoint
+    from StrokeLesionLib.sean_alignment import AlignmentConfig, build_alignment
+    from StrokeLesionLib.sean_model import SEANConfig
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
+
+    seg_cfg = SEANConfig(context_slices=args.context_slices, widths=tuple(args.widths),
+                         partitions=tuple(args.partitions), attention=args.attention, aligned=not args.no_alignment)
+    data = load_cases(args, log)
+    train = normalised_cases(data["train"], seg_cfg.hu_window)
+    val = normalised_cases(data["val"], seg_cfg.hu_window)
+    train_alignment_here = not args.no_alignment and args.alignment_from is None
+    align_minutes = args.max_minutes * args.align_fraction if train_alignment_here else 0.0
+    opts = TrainOptions(align_iters=args.align_iters, align_minutes=align_minutes, seg_iters=args.iters, lr=args.lr,
+                        lr_decay_every=args.lr_decay_every, batch_size=args.batch_size, eval_every=args.eval_every,
+                        patience=args.patience, seed=args.seed)
+    command = "python -m training.sean.train " + " ".join(str(a) for a in (argv if argv is not None else sys.argv[1:]))
+    result = {"data": data["meta"]}
+    if args.no_alignment:
+        train_poses, val_poses = np.zeros((len(train), 3)), np.zeros((len(val), 3))
+    else:
+        if train_alignment_here:
+            align, info = train_alignment(train, val, AlignmentConfig(hu_window=seg_cfg.hu_window), opts, log)
+            history = info.pop("history")
+            save_checkpoint(align, args.out / f"{args.alignment_name}.pt",
+                            {"version": f"{args.alignment_name}-{VERSION}", "training_command": command, **data["meta"],
+                             **info, "loss_history_every_10": history[::10], "threads": args.threads})
+            result["alignment"] = info
+        else:
+            align, _ = load_checkpoint(args.alignment_name, build_alignment, folder=args.alignment_from,
+                                       label="SEAN alignment")
+        train_poses, val_poses = estimate_poses(align, train), estimate_poses(align, val)
+    train_vols, train_labs = aligned_volumes(train, train_poses, seg_cfg)
+    val_vols, val_labs = aligned_volumes(val, val_poses, seg_cfg)
+    opts.seg_minutes = max(0.1, args.max_minutes - (time.perf_counter() - t_start) / 60.0)
+    log(f"segmenter: attention {seg_cfg.attention}, aligned {seg_cfg.aligned}, {opts.seg_minutes:.1f} min")
+    net, info = train_segmenter(seg_cfg, train_vols, train_labs, val_vols, val_labs, opts, log)
+    history = info.pop("history")
+    save_checkpoint(net, args.out / f"{args.name}.pt",
+                    {"version": f"{args.name}-{VERSION}", "training_command": command, **data["meta"], **info,
+                     "loss_history_every_10": history[::10], "threads": args.threads,
+                     "total_train_seconds": round(time.perf_counter() - t_start, 1)})
+    result["segmenter"] = info
+    log(f"saved {args.out / (args.name + '.pt')}: best validation Dice {info['best_val_dice']:.3f}")
+    print(json.dumps({k: {kk: vv for kk, vv in v.items()} for k, v in result.items()}, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()
