@@ -3,6 +3,8 @@ in-plane smoothing. Works slab by slab so memory stays bounded for whole-brain s
 
 Shapes: series data (t, z, y, x) HU; volumes (z, y, x); curves (n_voxels, t). Times in seconds.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Tuple
 
@@ -127,10 +129,23 @@ def smooth_inplane(enh: np.ndarray, mask: np.ndarray, sigma_mm: float, spacing_m
     weight = ndimage.gaussian_filter(m, sigma, truncate=3.0)
     scale = np.divide(m, weight, out=np.zeros_like(m), where=weight > 1e-3)
     enh *= m[None]
-    for i in range(enh.shape[0]):
+
+    def smooth_frame(i):
         ndimage.gaussian_filter(enh[i], sigma, output=enh[i], truncate=3.0)
+
+    # scipy.ndimage releases the GIL: frames are smoothed on all the cores this process may use
+    with ThreadPoolExecutor(max_workers=max(1, min(usable_cores(), enh.shape[0]))) as pool:
+        list(pool.map(smooth_frame, range(enh.shape[0])))
     enh *= scale[None]
     return enh
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the platform tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def curve_features(enh: np.ndarray, dt_s: float) -> dict:
