@@ -255,6 +255,8 @@ def test_cmake_builds_the_extension_and_registers_the_module_tests():
     assert top.index("find_package(Slicer") < top.index("add_subdirectory(AIFSelector)") \
         < top.index("add_subdirectory(StrokeLesion)") < top.index("Slicer_EXTENSION_GENERATE_CONFIG")
     assert (ROOT / "Resources" / "Icons" / "StrokeLesion.png").is_file()
+    for url in re.findall(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(\S+?)[\s\"]", top):
+        assert (ROOT / url).is_file(), f"CMakeLists.txt links {url}, which the repository does not hold"
     for name in MODULES:
         text = (ROOT / name / "CMakeLists.txt").read_text(encoding="utf-8")
         assert f"set(MODULE_NAME {name})" in text
