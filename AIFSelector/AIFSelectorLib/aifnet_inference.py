@@ -102,9 +102,8 @@ def predict_pvol(model: AIFNet, series: CTPSeries, device="cpu", max_voxels: int
     voxel of :func:`predict_logits` (on the series block-averaged to the trained voxel size, see
     :data:`TRAINED_SPACING_MM`), each block's probability shared evenly by its voxels; sums to 1."""
     fy, fx = pool_factors(series.geometry.spacing_mm)
-    logits = torch.from_numpy(predict_logits(model, series, device, max_voxels, (fy, fx))).reshape(-1)
-    coarse = torch.softmax(logits.double(), dim=0).reshape(series.shape_zyx[0], -1).numpy()
-    coarse = coarse.reshape(series.shape_zyx[0], -(-series.shape_zyx[1] // fy), -(-series.shape_zyx[2] // fx))
+    logits = predict_logits(model, series, device, max_voxels, (fy, fx))
+    coarse = torch.softmax(torch.from_numpy(logits).reshape(-1).double(), dim=0).reshape(logits.shape).numpy()
     if fy == fx == 1:
         pvol = coarse
     else:

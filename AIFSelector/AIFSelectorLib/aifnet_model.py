@@ -118,6 +118,16 @@ def weighted_sum(pvol: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 # AIFNet
 
 
+def feature_stack(config: "AIFNetConfig") -> nn.Sequential:
+    """The K conv + ReLU layers over time-as-channels input: widths ``config.widths``, the first kernel
+    1x3x3 (z, y, x), the others 3x3x3."""
+    layers, c = [], config.n_frames
+    for k, w in enumerate(config.widths):
+        layers.append(ConvReLU3d(c, w, (1, 3, 3) if k == 0 else (3, 3, 3)))
+        c = w
+    return nn.Sequential(*layers)
+
+
 class AIFNet(nn.Module):
     """The AIFNet probability-volume network (see module doc)."""
 
@@ -125,12 +135,8 @@ class AIFNet(nn.Module):
         super().__init__()
         self.config = config
         self.input_norm = EnhancementInput(config.n_baseline, config.scale_hu)
-        layers, c = [], config.n_frames
-        for k, w in enumerate(config.widths):
-            layers.append(ConvReLU3d(c, w, (1, 3, 3) if k == 0 else (3, 3, 3)))
-            c = w
-        self.features = nn.Sequential(*layers)
-        self.out = nn.Conv3d(c, 1, kernel_size=1)
+        self.features = feature_stack(config)
+        self.out = nn.Conv3d(config.widths[-1], 1, kernel_size=1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n_frames, z, y, x) raw HU -> (B, 1, z, y, x) voxel logits."""
@@ -225,12 +231,8 @@ class SegmentationAIFNet(nn.Module):
         self.config = config
         self.top_k = int(top_k)
         self.input_norm = EnhancementInput(config.n_baseline, config.scale_hu)
-        layers, c = [], config.n_frames
-        for k, w in enumerate(config.widths):
-            layers.append(ConvReLU3d(c, w, (1, 3, 3) if k == 0 else (3, 3, 3)))
-            c = w
-        self.features = nn.Sequential(*layers)
-        self.out = nn.Conv3d(c, 2, kernel_size=1)
+        self.features = feature_stack(config)
+        self.out = nn.Conv3d(config.widths[-1], 2, kernel_size=1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n_frames, z, y, x) -> (B, 2, z, y, x) class logits."""

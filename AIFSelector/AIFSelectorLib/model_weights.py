@@ -54,17 +54,20 @@ def read_manifest(folder: Optional[Path] = None) -> dict:
         raise WeightsError(f"model manifest {path} is unreadable: {e}") from None
 
 
-def update_manifest(entries: Dict[str, dict], folder: Optional[Path] = None) -> Path:
-    """Merges ``entries`` (name -> entry) into the manifest, keeping every other model's entry; written
-    atomically (a temporary file renamed over the old one)."""
+def update_manifest(entries: Dict[str, dict], folder: Optional[Path] = None,
+                    top_level: Optional[dict] = None) -> dict:
+    """Merges ``entries`` (name -> entry) into the manifest, keeping every other model's entry, and sets the
+    ``top_level`` keys given; written atomically (a temporary file renamed over the old one). Returns the
+    manifest as written."""
     folder = Path(folder) if folder is not None else models_dir()
     path = folder / MANIFEST
     manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"format": 1, "models": {}}
     manifest.setdefault("models", {}).update(entries)
+    manifest.update(top_level or {})
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-    return path
+    return manifest
 
 
 def resolve_device(device: Optional[str] = "auto") -> torch.device:

@@ -91,6 +91,24 @@ def read_image(path, kind: str = "an image file") -> sitk.Image:
         raise InputError(f"cannot read {path.name}: not {kind}, or it is truncated or corrupted") from None
 
 
+def read_dicom_series(folder, label: str, hint: str = "") -> sitk.Image:
+    """The largest DICOM series in ``folder`` as one SimpleITK image (slices in spatial order); InputError
+    "<label>: no DICOM series in <folder><hint>" or "... cannot read the DICOM series ... (corrupted?)"."""
+    folder = str(folder)
+    try:
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    except RuntimeError:
+        ids = ()
+    if not ids:
+        raise InputError(f"{label}: no DICOM series in {folder}{hint}")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, i) for i in ids), key=len))
+    try:
+        return reader.Execute()
+    except RuntimeError:
+        raise InputError(f"{label}: cannot read the DICOM series in {folder} (corrupted?)") from None
+
+
 def read_volume(path) -> Tuple[np.ndarray, VolumeGeometry]:
     """Reads a 3D image file into a (z, y, x) array and its geometry; a clear InputError for missing,
     non-image, corrupted or non-3D files."""

@@ -58,11 +58,16 @@ def _load_mask(path, series):
 
 
 def _options(args):
+    """The RunOptions of the command line; a lesion model's weights are checked here, before any work."""
     from .pipeline import RunOptions
-    return RunOptions(aif=getattr(args, "aif", "aifnet"), method=args.method,
-                      thresholds=Thresholds(args.core_rcbf, args.tmax, args.min_island_ml),
-                      smooth_mm=args.smooth_mm, device=args.device,
-                      lesion_model=getattr(args, "lesion_model", "none"))
+    options = RunOptions(aif=getattr(args, "aif", "aifnet"), method=args.method,
+                         thresholds=Thresholds(args.core_rcbf, args.tmax, args.min_island_ml),
+                         smooth_mm=args.smooth_mm, device=args.device,
+                         lesion_model=getattr(args, "lesion_model", "none"))
+    if options.lesion_model != "none":
+        from .lesion_models import check_weights
+        check_weights(options.lesion_model)
+    return options
 
 
 def _run_and_write(series, options, out, overwrite, source, note="", extra_report=None, stage_hook=None):
@@ -120,9 +125,6 @@ def _write_scene(args, result):
 def cmd_run(args):
     _check_scene(args)
     options = _options(args)
-    if options.lesion_model != "none":
-        from .lesion_models import check_weights
-        check_weights(options.lesion_model)  # fail before any work
     series, note = load_series(args.ctp, args.dt)
     if args.mask:
         options.brain_mask = _load_mask(args.mask, series)
@@ -249,9 +251,6 @@ def cmd_demo(args):
     check_free(args.out, args.overwrite)
     _check_scene(args)
     options = _options(args)
-    if options.lesion_model != "none":
-        from .lesion_models import check_weights
-        check_weights(options.lesion_model)  # fail before any work
     print(f"making the digital phantom (seed {args.seed}) ...")
     case = make_phantom(seed=args.seed)
     phantom_dir = Path(args.out).resolve().parent / f".{Path(args.out).name}.phantom-input"

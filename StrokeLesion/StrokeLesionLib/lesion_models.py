@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from AIFSelectorLib.ctp_series import CTPSeries, VolumeGeometry
 from AIFSelectorLib.errors import InputError
-from AIFSelectorLib.volume_io import geometry_of, read_image
+from AIFSelectorLib.volume_io import geometry_of, read_dicom_series, read_image
 
 from .lesion_thresholds import MIN_ISLAND_ML, remove_islands
 
@@ -249,20 +249,8 @@ def read_image_3d(path, model: str) -> Tuple[np.ndarray, VolumeGeometry]:
         raise InputError(f"file not found: {path}")
     what = MODALITY[_check_model(model)]
     if path.is_dir():
-        try:
-            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-        except RuntimeError:
-            ids = ()
-        if not ids:
-            raise InputError(f"{path}: no DICOM series found (--model {model} needs a {what}: a 3D NIfTI/NRRD "
-                             f"file or a DICOM series folder)")
-        files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), i) for i in ids), key=len)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        try:
-            image = reader.Execute()
-        except RuntimeError:
-            raise InputError(f"{path}: cannot read the DICOM series (corrupted?)") from None
+        image = read_dicom_series(path, f"--model {model}", f" (it needs a {what}: a 3D NIfTI/NRRD file or a "
+                                                           "DICOM series folder)")
     else:
         image = read_image(path, f"a {what} image")
     if image.GetNumberOfComponentsPerPixel() != 1:

@@ -30,10 +30,8 @@ VERSION = "1.0"
 def write_manifest(folder: Path, commands=None, evaluation=None) -> dict:
     """manifest.json for the aifnet_*.pt files in ``folder`` (sha256 + checkpoint metadata)."""
     import torch
-    from AIFSelectorLib.model_weights import sha256_of
+    from AIFSelectorLib.model_weights import sha256_of, update_manifest
     folder = Path(folder)
-    path = folder / "manifest.json"
-    old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     models = {}
     for kind in ("aif", "vof"):
         f = folder / f"aifnet_{kind}.pt"
@@ -55,16 +53,10 @@ def write_manifest(folder: Path, commands=None, evaluation=None) -> dict:
                         "training": {k: meta.get(k) for k in ("best_val_r", "best_iter", "iters_done",
                                                               "train_seconds", "lr", "momentum", "batch_size",
                                                               "optimizer")}}
-    models = {**old.get("models", {}), **models}  # the lesion models' entries are kept
-    manifest = {**old, "format": 1, "models": models,
-                "reproduce": "python -m training.aifnet.reproduce",
-                "model_card": "MODEL_CARD_aifnet.md",
-                "evaluation": evaluation if evaluation is not None else old.get("evaluation"),
-                "benchmark": old.get("benchmark")}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return manifest
+    top_level = {"format": 1, "reproduce": "python -m training.aifnet.reproduce", "model_card": "MODEL_CARD_aifnet.md"}
+    if evaluation is not None:
+        top_level["evaluation"] = evaluation
+    return update_manifest(models, folder, top_level)  # the lesion models' entries and the benchmark are kept
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from AIFSelectorLib.errors import InputError
-from AIFSelectorLib.volume_io import geometry_of, read_volume
+from AIFSelectorLib.volume_io import geometry_of, read_dicom_series, read_volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _PNG_NUMBER = re.compile(r"^(\d+)\.png$", re.IGNORECASE)
@@ -123,19 +123,7 @@ def _read_png_stack(folder: Path, case_id: str, what: str) -> np.ndarray:
 
 def _read_dicom_ct(folder: Path, case_id: str):
     """(z, y, x) float32 HU in spatial slice order, and its geometry, from the largest series in folder."""
-    try:
-        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    except RuntimeError:
-        ids = ()
-    if not ids:
-        raise InputError(f"AISD case {case_id}: no DICOM series in {folder}")
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in ids), key=len)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        image = reader.Execute()
-    except RuntimeError:
-        raise InputError(f"AISD case {case_id}: cannot read the DICOM series in {folder} (corrupted?)") from None
+    image = read_dicom_series(folder, f"AISD case {case_id}")
     if image.GetDimension() != 3 or image.GetSize()[2] < 2:
         raise InputError(f"AISD case {case_id}: the DICOM series in {folder} is not a 3D CT volume")
     return sitk.GetArrayFromImage(image).astype(np.float32), geometry_of(image)
