@@ -9,11 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from AIFSelectorLib import aifnet_inference as inf  # noqa: E402
+from AIFSelectorLib import model_weights as weights  # noqa: E402
 from AIFSelectorLib.perfusion_pipeline import prepare  # noqa: E402
 from AIFSelectorLib.phantom import make_phantom  # noqa: E402
 from StrokeLesionLib.pipeline import RunOptions, report_dict, run_case, select_input_functions  # noqa: E402
 
-SHIPPED = inf.models_dir()
+SHIPPED = weights.models_dir()
 needs_weights = pytest.mark.skipif(not (SHIPPED / "manifest.json").is_file(), reason="no shipped AIFNet weights")
 
 
@@ -38,11 +39,11 @@ def broken_models(tmp_path, monkeypatch):
 
 @needs_weights
 def test_shipped_weights_match_manifest_and_load():
-    manifest = inf.read_manifest()
+    manifest = weights.read_manifest()
     for kind in ("aif", "vof"):
         entry = manifest["models"][kind]
         path = SHIPPED / entry["file"]
-        assert inf.sha256_of(path) == entry["sha256"]
+        assert weights.sha256_of(path) == entry["sha256"]
         assert path.stat().st_size < 3_000_000
         model, info = inf.load_model(kind)
         assert info["sha256"] == entry["sha256"]
@@ -75,7 +76,7 @@ def test_corrupted_weights_fall_back_to_classic_with_warning(prepared, broken_mo
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(inf.WeightsError, match="corrupted"):
+    with pytest.raises(weights.WeightsError, match="corrupted"):
         inf.load_model("aif")
     f = select_input_functions(prepared, "aifnet")
     assert f.method == "classic"
@@ -91,7 +92,7 @@ def test_missing_weights_fall_back_to_classic_with_warning(prepared, broken_mode
 
 
 def test_missing_manifest_is_a_weights_error(tmp_path):
-    with pytest.raises(inf.WeightsError, match="manifest"):
+    with pytest.raises(weights.WeightsError, match="manifest"):
         inf.load_model("aif", tmp_path)
 
 
@@ -101,7 +102,7 @@ def test_pipeline_default_is_aifnet_and_reports_models(small_case, tmp_path):
     result = run_case(small_case.series, RunOptions())
     report = report_dict(result)
     assert report["aif"]["selector"] == "aifnet"
-    assert report["models"]["aifnet_aif"]["sha256"] == inf.read_manifest()["models"]["aif"]["sha256"]
+    assert report["models"]["aifnet_aif"]["sha256"] == weights.read_manifest()["models"]["aif"]["sha256"]
     assert result.functions.aif_pvol.shape == small_case.series.shape_zyx
     classic = run_case(small_case.series, RunOptions(aif="classic"))
     assert classic.functions.method == "classic"

@@ -197,3 +197,15 @@ def test_evaluation_table_layout_mean_sd_and_nan_cases():
     assert len({len(line) for line in lines[1:4]}) == 1
     md = format_table([("X-Net", full)], columns[:1], markdown=True).splitlines()
     assert md[0] == "| Method | Dice |" and md[2].startswith("| X-Net | 0.750 +/- ")
+
+
+def test_evaluation_report_is_written_whole_with_numpy_values(tmp_path):
+    import json
+    from training.lesion_data.evaluation_tables import write_report
+    path = tmp_path / "new" / "report.json"
+    write_report(path, {"dice": np.float32(0.5), "n": 3, "cases": [np.float64(0.25)]})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"dice": 0.5, "n": 3, "cases": [0.25]}
+    with pytest.raises(TypeError):
+        write_report(path, {"bad": object()})
+    assert json.loads(path.read_text(encoding="utf-8"))["n"] == 3  # the failed write left the old report
+    assert [p.name for p in path.parent.iterdir()] == ["report.json"]

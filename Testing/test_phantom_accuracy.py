@@ -5,7 +5,6 @@ healthy grey and white matter. With the classic automatic selector: core and pen
 figures print with ``pytest -s``; the assertions are the acceptance limits where the method meets them
 and the measured level otherwise (see the closing note of the perfusion-engine issue).
 """
-import numpy as np
 import pytest
 
 from AIFSelectorLib.input_functions import InputFunctions

@@ -18,10 +18,8 @@ import torch
 
 from .aifnet_model import AIFNet, AIFNetConfig, network_frames
 from .ctp_series import CTPSeries
-from .errors import InputError
 from .input_functions import InputFunctions
-from .model_weights import (WeightsError, load_checkpoint, models_dir, read_manifest,  # noqa: F401 (re-exported)
-                            resolve_device, sha256_of)
+from .model_weights import WeightsError, load_checkpoint, resolve_device
 
 KINDS = ("aif", "vof")
 

@@ -29,7 +29,7 @@ of the top-ranked voxels).
 
 Only this module and :mod:`aifnet_inference` import torch.
 """
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np

@@ -73,7 +73,7 @@ def select_input_functions(prepared: PreparedSeries, aif: str = "aifnet",
         except ImportError as e:
             reason = f"torch is not available ({e})"
         else:
-            from AIFSelectorLib.aifnet_inference import WeightsError
+            from AIFSelectorLib.model_weights import WeightsError
             try:
                 return select_aifnet(prepared.series, device=device, n_baseline=prepared.bolus.n_baseline,
                                      peak_enh_hu=prepared.peak_enh_hu,

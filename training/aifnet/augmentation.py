@@ -2,7 +2,7 @@
 
 Both act on a whole case: the 4D series x (t, z, y, x) HU and its reference curves (t,) move together.
 """
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 

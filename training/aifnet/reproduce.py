@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from .data import EVAL_SEED0, TRAIN_SEED0, VAL_SEED0
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = {

@@ -21,7 +21,7 @@ from AIFSelectorLib.aifnet_model import (AIFNetConfig, build_model, count_parame
 
 from .augmentation import augment
 from .data import TRAIN_SEED0, VAL_SEED0, cached_phantoms, isles_samples
-from .losses import pearson_loss, pearson_r
+from .losses import pearson_loss
 
 DEFAULT_LAYERS = {"aif": 5, "vof": 2}
 

@@ -9,7 +9,9 @@ ablation, one column per metric, each cell the mean +/- sample standard deviatio
 empty prediction) are left out of a cell's mean and sd, and the cell then says how many cases it holds.
 A column marked ``fixed`` (e.g. the parameter count) prints the row's one value instead. Output is ASCII.
 """
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -82,3 +84,10 @@ def format_table(rows: Sequence[Tuple[str, Sequence[Mapping[str, float]]]], colu
     rule = "-" * len(line(header))
     lines += [rule, line(header), rule] + [line(r) for r in body] + [rule]
     return "\n".join(lines)
+
+
+def write_report(path, report: Mapping) -> None:
+    """Writes an evaluate command's report as indented JSON at ``path``, atomically (numpy scalars as floats)."""
+    from AIFSelectorLib.volume_io import atomic_path
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")

@@ -11,13 +11,13 @@ of an empty prediction, left out of that column's mean). A second table gives th
 pseudo DWI against the phantom's DWI: SSIM and PSNR, global and lesion-local (the lesion's bounding box).
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from .data import EVAL_SEED0, cached_phantoms
+from training.lesion_data.evaluation_tables import write_report
 
 SUMMARY_KEYS = ("dice", "precision", "recall", "hausdorff_mm", "hausdorff95_mm", "assd_mm", "relative_volume_error",
                 "ssim", "psnr_db", "ssim_lesion", "psnr_lesion_db", "network_seconds")
@@ -93,8 +93,7 @@ def main(argv=None) -> Dict[str, object]:
     report = {"seeds": [seeds[0], seeds[-1]], "n_cases": len(seeds), "models": results,
               "tables": print_tables(results, seeds)}
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
+        write_report(args.json, report)
     return report
 
 

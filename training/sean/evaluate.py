@@ -14,7 +14,6 @@ error of the estimated rotation against the phantom's true head rotation (deg): 
 after the test-time refinement, when the shipped config uses one.
 """
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -22,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .data import EVAL_SEED0, phantom_cases
+from training.lesion_data.evaluation_tables import write_report
 
 ROWS = (("SEAN", "sean", "models"), ("w/o alignment", "sean_noalign", "ablations"),
         ("w/o symmetry attention", "sean_selfattn", "ablations"))
@@ -117,8 +117,7 @@ def main(argv=None) -> Dict[str, object]:
     report = {"seeds": [seeds[0], seeds[-1]], "n_cases": len(seeds), "models": results, "angle_error": angles,
               "tables": tables}
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
+        write_report(args.json, report)
     return report
 
 

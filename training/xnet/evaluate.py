@@ -12,7 +12,6 @@ The shipped 'xnet' entry of ``--models`` is the X-Net row; ``--ablations DIR`` a
 registered there (rows without a checkpoint are left out). Cells are mean +/- sample SD over the cases.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .data import EVAL_SEED0, phantom_case
+from training.lesion_data.evaluation_tables import write_report
 
 ROWS = (("xnet", "X-Net"), ("xnet_no_fsm", "X-Net w/o FSM"), ("unet", "U-Net (plain, same depth)"))
 
@@ -112,10 +112,8 @@ def main(argv=None) -> int:
                              ("dice", "precision", "recall", "hausdorff_mm", "hausdorff95_mm", "assd_mm",
                               "relative_volume_error", "seconds")}}
                    for name, r in results.items()}
-        args.json.write_text(json.dumps({"seeds": [seeds[0], seeds[-1]], "n_cases": len(seeds), "summary": summary,
-                                         "parameter_counts": counts,
-                                         "table": table, "results": results}, indent=1, default=float) + "\n",
-                             encoding="utf-8")
+        write_report(args.json, {"seeds": [seeds[0], seeds[-1]], "n_cases": len(seeds), "summary": summary,
+                                 "parameter_counts": counts, "table": table, "results": results})
     return 0
 
 
