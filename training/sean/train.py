@@ -12,9 +12,11 @@ HybridUnet learns generalised Dice + cross-entropy on 2T+1-slice stacks; early s
 validation Dice (aligned grid), the best state is kept.
 
 Optimiser: Adam (betas 0.9/0.999): stage 1 lr 1e-3 halved every third of its iterations; stage 2 lr 2e-3
-halved every ``--lr-decay-every`` (400) iterations, batches of 6 slice stacks (half of them holding
-infarct). The paper's exact optimiser settings could not be looked up here (no copy of its full text
-offline); Adam is the assumption. Outputs ``<out>/<name>.pt`` (and ``<out>/<alignment-name>.pt`` when
+halved every ``--lr-decay-every`` (400) iterations, batches of 6 slice stacks (``--lesion-fraction``, half
+of them holding infarct), the infarct class weighted ``--lesion-weight`` (1) in the cross-entropy. The shipped
+weights use weight 3 and 70 % infarct stacks (``training.sean.reproduce``; see the model card). The paper's
+exact optimiser settings could not be looked up here (no copy of its full text offline); Adam is the
+assumption. Outputs ``<out>/<name>.pt`` (and ``<out>/<alignment-name>.pt`` when
 stage 1 ran) in the checkpoint format of ``AIFSelectorLib.model_weights``.
 """
 import argparse
@@ -29,7 +31,7 @@ import numpy as np
 
 from .data import TRAIN_SEED0, VAL_SEED0, aisd_cases, alignment_batch, phantom_cases, segmentation_batch
 
-VERSION = "1.0"
+VERSION = "1.1"
 
 
 @dataclass
@@ -46,6 +48,7 @@ class TrainOptions:
     batch_size: int = 6
     seg_minutes: float = 8.0
     lesion_fraction: float = 0.5
+    lesion_weight: float = 1.0
     eval_every: int = 100
     patience: int = 6
     seed: int = 0
@@ -190,7 +193,8 @@ def train_segmenter(config, train_vols, train_labs, val_vols, val_labs, opts: Tr
         x, y = (torch.from_numpy(a) for a in segmentation_batch(train_vols, train_labs, rng, config.context_slices,
                                                                 opts.batch_size, opts.lesion_fraction))
         logits = net(x)
-        loss = generalised_dice_loss(torch.softmax(logits, 1), one_hot(y, 2)) + weighted_cross_entropy(logits, y)
+        loss = (generalised_dice_loss(torch.softmax(logits, 1), one_hot(y, 2))
+                + weighted_cross_entropy(logits, y, (1.0, opts.lesion_weight)))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -218,7 +222,8 @@ def train_segmenter(config, train_vols, train_labs, val_vols, val_labs, opts: Tr
     info = {"iters_done": it, "best_iter": best["iter"], "best_val_dice": best["dice"],
             "seconds": round(time.perf_counter() - t0, 1), "loss_first": history[0],
             "loss_last": float(np.mean(history[-20:])), "optimizer": "Adam", "lr": opts.lr,
-            "lr_decay_every": opts.lr_decay_every, "batch_size": opts.batch_size, "history": history}
+            "lr_decay_every": opts.lr_decay_every, "batch_size": opts.batch_size,
+            "lesion_weight": opts.lesion_weight, "lesion_fraction": opts.lesion_fraction, "history": history}
     return net, info
 
 
@@ -266,6 +271,8 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--lr-decay-every", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=6)
+    p.add_argument("--lesion-weight", type=float, default=1.0, help="cross-entropy weight of the infarct class")
+    p.add_argument("--lesion-fraction", type=float, default=0.5, help="share of slice stacks holding infarct")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--max-minutes", type=float, default=10.0)
@@ -295,7 +302,8 @@ def main(argv=None) -> dict:
     align_minutes = args.max_minutes * args.align_fraction if train_alignment_here else 0.0
     opts = TrainOptions(align_iters=args.align_iters, align_minutes=align_minutes, seg_iters=args.iters, lr=args.lr,
                         lr_decay_every=args.lr_decay_every, batch_size=args.batch_size, eval_every=args.eval_every,
-                        patience=args.patience, seed=args.seed)
+                        patience=args.patience, seed=args.seed, lesion_weight=args.lesion_weight,
+                        lesion_fraction=args.lesion_fraction)
     command = "python -m training.sean.train " + " ".join(str(a) for a in (argv if argv is not None else sys.argv[1:]))
     result = {"data": data["meta"]}
     if args.no_alignment:
