@@ -154,3 +154,12 @@ def test_fine_matrix_is_pooled_to_the_trained_voxel_size():
     np.testing.assert_allclose(fine_pvol.reshape(6, 64, 2, 64, 2).sum(axis=(2, 4)), coarse_pvol, rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(inf.dense_weighted_curve(fine, fine_pvol), inf.dense_weighted_curve(s, coarse_pvol),
                                rtol=1e-4)
+
+
+def test_checkpoints_are_written_whole(tmp_path):
+    """write_checkpoint: the file appears only complete (no temporary left) and reads back with weights_only."""
+    path = weights.write_checkpoint({"format": 1, "config": {"widths": [2]}, "state_dict": {"w": torch.ones(2)},
+                                     "meta": {"version": "t"}}, tmp_path / "new" / "m.pt")
+    assert [p.name for p in path.parent.iterdir()] == ["m.pt"]
+    back = torch.load(path, weights_only=True)
+    assert back["meta"]["version"] == "t" and torch.equal(back["state_dict"]["w"], torch.ones(2))

@@ -70,6 +70,18 @@ def update_manifest(entries: Dict[str, dict], folder: Optional[Path] = None,
     return manifest
 
 
+def write_checkpoint(checkpoint: dict, path) -> Path:
+    """Writes a checkpoint dict ({'format', 'config', 'state_dict', 'meta'}, plain types and tensors only, so
+    that ``torch.load(weights_only=True)`` reads it) to ``path`` atomically: a temporary file beside it is
+    renamed over it, so an interrupted write never leaves half a weights file. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def resolve_device(device: Optional[str] = "auto") -> torch.device:
     """'auto' (or None): CUDA when present, else CPU; 'cuda' without CUDA is an InputError."""
     if device in (None, "auto"):

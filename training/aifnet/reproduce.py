@@ -92,11 +92,12 @@ def main(argv=None) -> int:
 
 def _set_version(path: Path, kind: str) -> None:
     import torch
+    from AIFSelectorLib.model_weights import write_checkpoint
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     ckpt["meta"]["version"] = f"aifnet-{kind}-{VERSION}"
     ckpt["meta"]["training_command"] = "python -m training.aifnet.reproduce  (= python -m training.aifnet.train " \
         + " ".join(DEFAULTS[kind]) + ")"
-    torch.save(ckpt, path)
+    write_checkpoint(ckpt, path)
 
 
 def compact_evaluation(res: dict) -> dict:

@@ -18,6 +18,7 @@ import torch
 
 from AIFSelectorLib.aifnet_model import (AIFNetConfig, build_model, count_parameters, network_frames,
                                          segmentation_loss)
+from AIFSelectorLib.model_weights import write_checkpoint
 
 from .augmentation import augment
 from .data import TRAIN_SEED0, VAL_SEED0, cached_phantoms, isles_samples
@@ -141,12 +142,9 @@ def save_checkpoint(path, result: Dict, extra: Optional[Dict] = None) -> Path:
             "iters_done": result["iters_done"], "train_seconds": round(result["seconds"], 1),
             "n_parameters": count_parameters(model)}
     meta.update(extra or {})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "aifnet-v1", "config": model.config.to_dict(),
-                "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                "meta": meta}, path)
-    return path
+    return write_checkpoint({"format": "aifnet-v1", "config": model.config.to_dict(),
+                             "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                             "meta": meta}, path)
 
 
 def build_parser():

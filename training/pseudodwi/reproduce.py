@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-cases", type=int, default=20)
     args = p.parse_args(argv)
     import torch
-    from AIFSelectorLib.model_weights import update_manifest
+    from AIFSelectorLib.model_weights import update_manifest, write_checkpoint
     from . import evaluate, train
     work = Path(tempfile.mkdtemp(prefix="pseudodwi-train-"))
     names = () if args.eval_only else (args.only,) if args.only else tuple(DEFAULTS)
@@ -77,8 +77,7 @@ def main(argv=None) -> int:
         ckpt["meta"]["version"] = f"{name}-{VERSION}"
         ckpt["meta"]["training_command"] = ("python -m training.pseudodwi.reproduce  (= python -m "
                                             "training.pseudodwi.train " + " ".join(DEFAULTS[name]) + ")")
-        args.out.mkdir(parents=True, exist_ok=True)
-        torch.save(ckpt, args.out / FILES[name])
+        write_checkpoint(ckpt, args.out / FILES[name])
         update_manifest({name: manifest_entry(name, args.out / FILES[name])}, folder=args.out)
         print(f"{name}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
     out_json = work / "evaluation.json"

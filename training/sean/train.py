@@ -228,11 +228,10 @@ def train_segmenter(config, train_vols, train_labs, val_vols, val_labs, opts: Tr
 
 
 def save_checkpoint(net, path: Path, meta: dict) -> None:
-    import torch
+    from AIFSelectorLib.model_weights import write_checkpoint
     from StrokeLesionLib.network_blocks import count_parameters
     meta = {**meta, "n_parameters": count_parameters(net), "date": time.strftime("%Y-%m-%d")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": 1, "config": net.config.to_dict(), "state_dict": net.state_dict(), "meta": meta}, path)
+    write_checkpoint({"format": 1, "config": net.config.to_dict(), "state_dict": net.state_dict(), "meta": meta}, path)
 
 
 def load_cases(args, log) -> Dict[str, List[dict]]:

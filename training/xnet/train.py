@@ -109,7 +109,7 @@ def load_data(args, config, deadline: float):
 
 def train(args) -> Dict[str, object]:
     import torch
-    from AIFSelectorLib.model_weights import update_manifest
+    from AIFSelectorLib.model_weights import update_manifest, write_checkpoint
     from StrokeLesionLib.xnet_model import XNetConfig, build_model, count_parameters, variant_config
     from training.lesion_data.segmentation_losses import dice_ce_loss
 
@@ -186,11 +186,8 @@ def train(args) -> Dict[str, object]:
                          "threads": args.threads,
                          "loss": f"soft Dice + cross-entropy (lesion class weight {args.lesion_weight:g})",
                          "sampling": "case-balanced, lesion slices 70 %"}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.variant}.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": 1, "config": config.to_dict(), "state_dict": model.state_dict(), "meta": meta}, tmp)
-    os.replace(tmp, path)
+    path = write_checkpoint({"format": 1, "config": config.to_dict(), "state_dict": model.state_dict(), "meta": meta},
+                            args.out / f"{args.variant}.pt")
     update_manifest({args.variant: manifest_entry(path, config.to_dict(), meta)}, folder=args.out)
     log(f"wrote {path} (best val Dice {best:.4f} at iter {best_iter}, {it} iters, {seconds:.0f} s)")
     return {"path": path, "meta": meta, "losses": losses}
