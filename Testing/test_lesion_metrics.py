@@ -209,3 +209,11 @@ def test_evaluation_report_is_written_whole_with_numpy_values(tmp_path):
         write_report(path, {"bad": object()})
     assert json.loads(path.read_text(encoding="utf-8"))["n"] == 3  # the failed write left the old report
     assert [p.name for p in path.parent.iterdir()] == ["report.json"]
+
+
+def test_evaluation_summary_leaves_out_undefined_values():
+    from training.lesion_data.evaluation_tables import summary
+    cases = [{"dice": 0.5, "hd": float("nan")}, {"dice": 0.7}, {"dice": 0.9, "hd": 4.0}]
+    out = summary(cases, ("dice", "hd", "assd"))
+    assert out["dice"]["mean"] == pytest.approx(0.7) and out["dice"]["sd"] == pytest.approx(0.2)
+    assert out["dice"]["n"] == 3 and out["hd"] == {"mean": 4.0, "sd": 0.0, "n": 1} and "assd" not in out

@@ -48,6 +48,17 @@ def mean_sd(values: Sequence[float]) -> Tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
 
 
+def summary(cases: Sequence[Mapping[str, float]], keys: Sequence[str]) -> dict:
+    """{key: {'mean', 'sd', 'n'}} over the per-case metric dicts where the value is defined (NaN and missing
+    values left out; a key no case defines is left out)."""
+    out = {}
+    for k in keys:
+        mean, sd, n = mean_sd([c.get(k) for c in cases])
+        if n:
+            out[k] = {"mean": mean, "sd": sd, "n": n}
+    return out
+
+
 def format_cell(values: Sequence[float], column: Column) -> str:
     """'mean +/- sd' (or the fixed value) of one row's values for ``column``; 'n/a' without values, and
     ' (n=k)' when NaN values were left out."""

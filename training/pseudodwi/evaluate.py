@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from .data import EVAL_SEED0, cached_phantoms
-from training.lesion_data.evaluation_tables import write_report
+from training.lesion_data.evaluation_tables import summary, write_report
 
 SUMMARY_KEYS = ("dice", "precision", "recall", "hausdorff_mm", "hausdorff95_mm", "assd_mm", "relative_volume_error",
                 "ssim", "psnr_db", "ssim_lesion", "psnr_lesion_db", "network_seconds")
@@ -42,17 +42,6 @@ def evaluate_model(name: str, folder: Path, samples: Sequence[dict]) -> Dict[str
         cases.append({"case": s["name"], "network_seconds": seconds, **row})
     return {"name": name, "version": info["version"], "sha256": info["sha256"], "config": info["config"],
             "n_parameters": parameter_counts(model)["inference"], "cases": cases}
-
-
-def summary(cases: List[dict], keys) -> Dict[str, dict]:
-    """{key: {'mean', 'sd', 'n'}} over the cases where the value is defined."""
-    from training.lesion_data.evaluation_tables import mean_sd
-    out = {}
-    for k in keys:
-        mean, sd, n = mean_sd([c.get(k) for c in cases])
-        if n:
-            out[k] = {"mean": mean, "sd": sd, "n": n}
-    return out
 
 
 def print_tables(results: List[dict], seeds: Sequence[int]) -> str:

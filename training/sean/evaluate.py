@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .data import EVAL_SEED0, phantom_cases
-from training.lesion_data.evaluation_tables import write_report
+from training.lesion_data.evaluation_tables import summary, write_report
 
 ROWS = (("SEAN", "sean", "models"), ("w/o alignment", "sean_noalign", "ablations"),
         ("w/o symmetry attention", "sean_selfattn", "ablations"))
@@ -66,16 +66,6 @@ def angle_errors(folder: Optional[Path], cases: Sequence[dict]) -> Dict[str, dic
     return out
 
 
-def summary(cases: List[dict]) -> Dict[str, dict]:
-    from training.lesion_data.evaluation_tables import mean_sd
-    out = {}
-    for k in SUMMARY_KEYS:
-        mean, sd, n = mean_sd([c.get(k) for c in cases])
-        if n:
-            out[k] = {"mean": mean, "sd": sd, "n": n}
-    return out
-
-
 def format_tables(results: List[dict], angles: Dict[str, dict], seeds: Sequence[int]) -> str:
     from training.lesion_data.evaluation_tables import PARAMETERS_COLUMN, SEGMENTATION_COLUMNS, format_table
     rows = [(r["label"], r["cases"]) for r in results]
@@ -109,7 +99,7 @@ def main(argv=None) -> Dict[str, object]:
             continue
         r = evaluate_model(name, folders[where], cases)
         r["label"] = label
-        r["summary"] = summary(r["cases"])
+        r["summary"] = summary(r["cases"], SUMMARY_KEYS)
         results.append(r)
     angles = angle_errors(args.models, cases)
     tables = format_tables(results, angles, seeds)
