@@ -162,13 +162,12 @@ def linear_upsampling(n_frames: int, factor: int) -> np.ndarray:
     """(n_frames, (n_frames - 1) * factor + 1) float64 matrix W: curves @ W interpolates (n, n_frames) curves
     linearly onto a grid ``factor`` times finer (the original samples kept)."""
     fine = np.arange((n_frames - 1) * factor + 1) / factor
-    lo = np.minimum(np.floor(fine).astype(int), n_frames - 2) if n_frames > 1 else np.zeros(fine.size, int)
-    w = np.zeros((n_frames, fine.size))
+    lo = np.minimum(np.floor(fine).astype(int), max(n_frames - 2, 0))
+    hi = np.minimum(lo + 1, n_frames - 1)
     cols = np.arange(fine.size)
-    frac = fine - lo
-    w[lo, cols] += 1.0 - frac
-    if n_frames > 1:
-        w[lo + 1, cols] += frac
+    w = np.zeros((n_frames, fine.size))
+    np.add.at(w, (lo, cols), 1.0 - (fine - lo))
+    np.add.at(w, (hi, cols), fine - lo)
     return w
 
 

@@ -137,6 +137,7 @@ class AlignmentConfig:
     hu_window: Tuple[float, float] = BRAIN_WINDOW_HU
     restoration_weight: float = 1.0
     shift_penalty: float = 1e-4
+    """Weight of mean (t / 10 mm)^2: the shift along the midline is free otherwise."""
     refine_steps: int = 30
     """Pose estimation (inference, and the poses the segmenter trains on): Adam steps (lr ``refine_lr``, deg
     and mm) on the same unsupervised loss per case, starting from the network's pose (test-time
@@ -145,7 +146,6 @@ class AlignmentConfig:
     loss_blur_vox: float = 1.5
     """The losses compare images blurred by this Gaussian SD (alignment-grid voxels): without it the
     restoration L1 has a sharp minimum at the identity (interpolation smooths the noise of any other pose)."""
-    """Weight of mean (t / 10 mm)^2: the shift along the midline is free otherwise."""
 
     def to_dict(self) -> dict:
         return asdict(self)
