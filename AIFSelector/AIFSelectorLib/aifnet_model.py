@@ -37,6 +37,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .config_json import config_from_dict
+
 
 @dataclass
 class AIFNetConfig:
@@ -71,8 +73,7 @@ class AIFNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AIFNetConfig":
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return config_from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from AIFSelectorLib.config_json import config_from_dict
 from .network_blocks import ContextEncoder, UNet2d, count_parameters
 from .pseudo_dwi_preprocessing import N_CROPPED_FRAMES, N_INPUT_CHANNELS
 
@@ -72,8 +73,7 @@ class PseudoDWIConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PseudoDWIConfig":
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return config_from_dict(cls, d)
 
 
 class PseudoDWINet(nn.Module):

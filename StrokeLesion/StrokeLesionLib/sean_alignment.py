@@ -35,6 +35,8 @@ from scipy import ndimage
 from torch import nn
 import torch.nn.functional as F
 
+from AIFSelectorLib.config_json import config_from_dict
+
 HEAD_MIN_HU = -200.0
 BRAIN_WINDOW_HU = (-10.0, 90.0)
 """Window level 40 HU, width 100 HU (see module doc)."""
@@ -152,12 +154,7 @@ class AlignmentConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AlignmentConfig":
-        names = set(cls.__dataclass_fields__)
-        kw = {k: v for k, v in d.items() if k in names}
-        for k in ("widths", "hu_window"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
+        return config_from_dict(cls, d)
 
     @property
     def spacing_xy(self) -> Tuple[float, float]:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from AIFSelectorLib.config_json import config_from_dict
 from .network_blocks import ConvBlock, count_parameters
 from .sean_alignment import BRAIN_WINDOW_HU
 
@@ -69,12 +70,7 @@ class SEANConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SEANConfig":
-        names = set(cls.__dataclass_fields__)
-        kw = {k: v for k, v in d.items() if k in names}
-        for k in ("widths", "partitions", "hu_window"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
+        return config_from_dict(cls, d)
 
 
 class ConvBlock3d(nn.Sequential):

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from AIFSelectorLib.config_json import config_from_dict
+
 BLOCKS = ("x", "plain")
 
 
@@ -77,8 +79,7 @@ class XNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "XNetConfig":
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return config_from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------------------------------
