@@ -16,13 +16,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
 from .data import EVAL_SEED0, phantom_case
-from training.lesion_data.evaluation_tables import write_report
+from training.lesion_data.evaluation_tables import summary as metric_summary, write_report
 
+SUMMARY_KEYS = ("dice", "precision", "recall", "hausdorff_mm", "hausdorff95_mm", "assd_mm", "relative_volume_error",
+                "seconds")
 ROWS = (("xnet", "X-Net"), ("xnet_no_fsm", "X-Net w/o FSM"), ("unet", "U-Net (plain, same depth)"))
 
 
@@ -108,19 +110,11 @@ def main(argv=None) -> int:
               f"{args.threads} thread(s))")
     if args.json is not None:
         summary = {name: {"label": r["label"], "version": r["version"], "n_parameters": r["n_parameters"],
-                          **{k: _mean_sd([m[k] for m in r["cases"]]) for k in
-                             ("dice", "precision", "recall", "hausdorff_mm", "hausdorff95_mm", "assd_mm",
-                              "relative_volume_error", "seconds")}}
+                          **metric_summary(r["cases"], SUMMARY_KEYS)}
                    for name, r in results.items()}
         write_report(args.json, {"seeds": [seeds[0], seeds[-1]], "n_cases": len(seeds), "summary": summary,
                                  "parameter_counts": counts, "table": table, "results": results})
     return 0
-
-
-def _mean_sd(values) -> Dict[str, Optional[float]]:
-    from training.lesion_data.evaluation_tables import mean_sd
-    mean, sd, n = mean_sd(values)
-    return {"mean": round(mean, 4) if n else None, "sd": round(sd, 4) if n else None, "n": n}
 
 
 if __name__ == "__main__":
