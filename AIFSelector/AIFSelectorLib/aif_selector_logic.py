@@ -28,7 +28,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from . import mrml_conversion as mc
-from .constants import TMAX_THRESHOLD_S
+from .constants import DENOISE_SIGMA_MM, TMAX_THRESHOLD_S
 from .ctp_series import CTPSeries
 from .errors import InputError
 from .input_functions import InputFunctions, manual_input_functions
@@ -51,7 +51,7 @@ PARAMETERS = {
     "pvolOverlay": "AIF",
     "pvolOpacity": 0.5,
     "method": "osvd",
-    "smoothMM": 2.0,
+    "smoothMM": DENOISE_SIGMA_MM,
     "tmaxThreshold": TMAX_THRESHOLD_S,
     "frameInterval": 0.0,
     "useCPU": False,
@@ -576,7 +576,7 @@ class AIFSelectorLogic(ParameterNodeLogic):
 
     # ---------------------------------------------------------------------------------------------- maps
 
-    def computeMapArrays(self, prepared, functions: InputFunctions, method: str = "osvd", smooth_mm: float = 2.0,
+    def computeMapArrays(self, prepared, functions: InputFunctions, method: str = "osvd", smooth_mm: float = DENOISE_SIGMA_MM,
                          tmax_threshold_s: float = TMAX_THRESHOLD_S, device: Optional[str] = None,
                          progress: Callable = _noop_progress):
         """Pure (worker-thread safe): perfusion maps of a prepared series with the given input functions."""

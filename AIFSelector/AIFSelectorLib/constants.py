@@ -20,5 +20,8 @@ CORE_RCBF = 0.38
 TMAX_THRESHOLD_S = 6.0
 """Hypoperfused tissue at risk: Tmax above this many seconds."""
 
+DENOISE_SIGMA_MM = 3.0
+"""In-plane spatial scale [mm] of the edge-preserving denoising of tissue curves before deconvolution."""
+
 MIN_FRAMES = 10
 """A CTP series needs at least this many time points."""

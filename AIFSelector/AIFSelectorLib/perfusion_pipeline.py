@@ -9,13 +9,14 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from .aif_quality import aif_quality_flags
-from .constants import TMAX_THRESHOLD_S
+from .constants import DENOISE_SIGMA_MM, TMAX_THRESHOLD_S
 from .ctp_series import CTPSeries
+from .denoising import DenoisedCurves, denoise
 from .errors import InputError
 from .input_functions import InputFunctions, baseline_removed, vof_scale
 from .perfusion_maps import Physiology, maps_from_curves, relative_maps
 from .preprocessing import (VESSEL_PEAK_HU, Bolus, baseline_image, brain_mask, detect_bolus,
-                            enhancement, global_curve, slabs, smooth_inplane)
+                            enhancement, global_curve, slabs)
 
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp")
 VESSEL_CBV_ML_100G = 8.0
@@ -26,22 +27,32 @@ VESSEL_CBV_ML_100G = 8.0
 class PreparedSeries:
     """A uniformly sampled series with what every later stage needs.
 
-    baseline_hu, peak_enh_hu: (z, y, x) float32 pre-contrast HU and peak enhancement (HU).
-    intracranial, brain, vessels: (z, y, x) bool; brain = parenchyma (CSF, bone, air out);
+    baseline_hu, mean_hu, peak_enh_hu: (z, y, x) float32 pre-contrast HU, temporal-mean HU and peak
+    enhancement (HU). intracranial, brain, vessels: (z, y, x) bool; brain = parenchyma (CSF, bone, air out);
     tissue = brain without vessels: where maps are computed.
     """
 
     series: CTPSeries
     bolus: Bolus
     baseline_hu: np.ndarray
+    mean_hu: np.ndarray
     peak_enh_hu: np.ndarray
     intracranial: np.ndarray
     brain: np.ndarray
     vessels: np.ndarray
+    _denoised: Dict[float, DenoisedCurves] = field(default_factory=dict, repr=False)
 
     @property
     def tissue(self) -> np.ndarray:
         return self.brain & ~self.vessels
+
+    def denoised(self, sigma_mm: float) -> DenoisedCurves:
+        """The tissue curves denoised at this spatial scale (:mod:`denoising`), computed on first use and kept:
+        they do not depend on the AIF, so maps recomputed with a corrected AIF or another method reuse them."""
+        key = float(sigma_mm)
+        if key not in self._denoised:
+            self._denoised[key] = denoise(self.series, self.baseline_hu, self.mean_hu, self.tissue, key)
+        return self._denoised[key]
 
 
 def prepare(series: CTPSeries, brain_override: Optional[np.ndarray] = None) -> PreparedSeries:
@@ -54,9 +65,12 @@ def prepare(series: CTPSeries, brain_override: Optional[np.ndarray] = None) -> P
     bolus = detect_bolus(global_curve(series), series.times_s)
     base = baseline_image(series, bolus.n_baseline)
     peak = np.empty(series.shape_zyx, np.float32)
+    mean = np.empty(series.shape_zyx, np.float32)
     for zs in slabs(series.shape_zyx):
-        peak[zs] = (series.data[:, zs].astype(np.float32) - base[zs][None]).max(axis=0)
-    intracranial, brain = brain_mask(base, series.geometry.spacing_mm)
+        block = series.data[:, zs].astype(np.float32)
+        peak[zs] = block.max(axis=0) - base[zs]
+        mean[zs] = block.mean(axis=0)
+    intracranial, brain = brain_mask(base, mean, series.geometry.spacing_mm)
     if brain_override is not None:
         brain_override = np.asarray(brain_override, bool)
         if brain_override.shape != series.shape_zyx:
@@ -66,7 +80,7 @@ def prepare(series: CTPSeries, brain_override: Optional[np.ndarray] = None) -> P
     if not brain.any():
         raise InputError("no brain tissue found (HU between CSF and bone): is this a head CT perfusion series?")
     vessels = intracranial & (peak > VESSEL_PEAK_HU)
-    return PreparedSeries(series, bolus, base, peak, intracranial, brain, vessels)
+    return PreparedSeries(series, bolus, base, mean, peak, intracranial, brain, vessels)
 
 
 @dataclass
@@ -92,13 +106,13 @@ def deconvolution_aif(prepared: PreparedSeries, functions: InputFunctions):
 
 
 def compute_maps(prepared: PreparedSeries, functions: InputFunctions, method: str = "osvd",
-                 smooth_mm: float = 2.0, physiology: Physiology = Physiology(),
+                 smooth_mm: float = DENOISE_SIGMA_MM, physiology: Physiology = Physiology(),
                  tmax_threshold_s: float = TMAX_THRESHOLD_S, device: Optional[str] = None,
                  progress: Optional[Callable] = None, **deconvolution_options) -> PerfusionMaps:
     """Perfusion maps of the prepared series with the given input functions.
 
-    smooth_mm: in-plane Gaussian sigma (mm) applied to tissue enhancement before deconvolution (vessels
-    and CSF excluded from the smoothing). progress: optional callable(fraction_done) per slab.
+    smooth_mm: in-plane spatial SD (mm) of the edge-preserving denoising of the tissue curves before
+    deconvolution (:mod:`denoising`; 0: raw curves). progress: optional callable(fraction_done) per slab.
     Vessels the maps reveal (CBV > VESSEL_CBV_ML_100G) join the vessel mask and leave the tissue.
     """
     series = prepared.series
@@ -106,13 +120,16 @@ def compute_maps(prepared: PreparedSeries, functions: InputFunctions, method: st
     shape = series.shape_zyx
     maps = {k: np.zeros(shape, np.float32) for k in MAP_NAMES}
     tissue = prepared.tissue.copy()
+    denoised = prepared.denoised(smooth_mm) if smooth_mm > 0 else None
     all_slabs = list(slabs(shape, max_voxels=1 << 18))
     for i, zs in enumerate(all_slabs):
         m = tissue[zs]
         if m.any():
-            enh = smooth_inplane(enhancement(series.data[:, zs], prepared.baseline_hu[zs]), m,
-                                 smooth_mm, series.geometry.spacing_mm)
-            out = maps_from_curves(enh[:, m].T, aif_enh, series.dt_s, method=method,
+            if denoised is not None:
+                curves = denoised.curves(zs, m)
+            else:
+                curves = enhancement(series.data[:, zs], prepared.baseline_hu[zs])[:, m].T
+            out = maps_from_curves(curves, aif_enh, series.dt_s, method=method,
                                    physiology=physiology, device=device, **deconvolution_options)
             for k in MAP_NAMES:
                 maps[k][zs][m] = out[k]

@@ -9,6 +9,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from AIFSelectorLib.constants import DENOISE_SIGMA_MM
 from AIFSelectorLib.errors import InputError
 
 from .lesion_models import MODELS
@@ -295,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tmax", type=float, default=Thresholds().tmax_s, help="Tmax threshold in seconds")
         sp.add_argument("--min-island-ml", type=float, default=MIN_ISLAND_ML,
                         help="drop core/penumbra islands smaller than this (ml)")
-        sp.add_argument("--smooth-mm", type=float, default=2.0, help="in-plane Gaussian sigma (mm) before deconvolution")
+        sp.add_argument("--smooth-mm", type=float, default=DENOISE_SIGMA_MM,
+                        help="in-plane scale (mm) of the edge-preserving denoising before deconvolution (0: none)")
         sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="run deconvolution with torch on this device (default: numpy)")
 

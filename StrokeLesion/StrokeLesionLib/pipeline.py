@@ -14,6 +14,7 @@ import numpy as np
 
 from AIFSelectorLib import aif_csv
 from AIFSelectorLib.aif_classic import select_classic
+from AIFSelectorLib.constants import DENOISE_SIGMA_MM
 from AIFSelectorLib.ctp_series import CTPSeries
 from AIFSelectorLib.input_functions import InputFunctions
 from AIFSelectorLib.perfusion_pipeline import PerfusionMaps, PreparedSeries, compute_maps, prepare
@@ -34,7 +35,7 @@ class RunOptions:
     path of an AIF CSV (time_s, aif_hu[, vof_hu])."""
     method: str = "osvd"
     thresholds: Thresholds = field(default_factory=Thresholds)
-    smooth_mm: float = 2.0
+    smooth_mm: float = DENOISE_SIGMA_MM
     device: Optional[str] = None
     brain_mask: Optional[np.ndarray] = None
     lesion_model: str = "none"

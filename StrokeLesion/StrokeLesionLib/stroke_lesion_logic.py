@@ -470,7 +470,7 @@ def _builtin_lesion_model(name: str) -> Optional[Callable]:
         needed = ("cbf", "cbv", "mtt", "tmax")
         given = {k: maps[k] for k in needed} if all(k in maps for k in needed) else None
         mask, _, _ = segment("pseudodwi", {"series": series, "maps": given}, device or "auto")
-        return mask
+        return mask & maps["tissue"] if "tissue" in maps else mask  # not in vessels the maps left out
 
     return pseudodwi
 
