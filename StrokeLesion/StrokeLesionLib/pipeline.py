@@ -143,7 +143,7 @@ def report_dict(result: CaseResult, source: str = "") -> dict:
                 "aif_peak_enhancement_hu": float(np.max(p.aif_enh_hu)),
                 "vof_partial_volume_scale": p.aif_scale, "quality_flags": p.quality_flags,
                 "warnings": list(f.warnings), **{k: v for k, v in f.details.items()}},
-        "maps": {"deconvolution": result.options.method, "smoothing_sigma_mm": result.options.smooth_mm,
+        "maps": {"deconvolution": result.options.method, "denoising_sigma_mm": result.options.smooth_mm,
                  "control_tissue": p.control, "tissue_ml": float(p.tissue.sum() * series.geometry.voxel_volume_ml),
                  "units": {"cbf": "ml/100g/min", "cbv": "ml/100g", "mtt": "s", "tmax": "s", "ttp": "s",
                            "rcbf": "fraction of control", "rcbv": "fraction of control"}},

@@ -10,8 +10,8 @@ For each seed (ISLES-like default size) and method, two conditions:
   bias: regularisation (a zero-phase low-pass filter of k(t), which rounds the residue's onset, lowers its
   maximum and moves it late) and the phantom's dispersion (the tissue sees F (h_disp (x) R), whose maximum
   is below F).
-- ``noise 5, smooth 2``: the default phantom noise (5 HU) and the pipeline's default smoothing (2 mm), i.e.
-  what Testing/test_phantom_accuracy.py measures.
+- ``noise 5, smooth 3``: the default phantom noise (5 HU) and the pipeline's default denoising (3 mm,
+  :mod:`AIFSelectorLib.denoising`), i.e. what Testing/test_phantom_accuracy.py measures.
 
 Prints, per row, the residue shape the seed drew, the median signed errors in healthy grey and white matter
 (CBF, CBV, MTT relative; Tmax in seconds) and the core and penumbra Dice, then which rows meet the
@@ -20,6 +20,7 @@ acceptance limits (CBF and CBV within 10 %, MTT within 15 %, Tmax within 1 s, bo
 import argparse
 import time
 
+from AIFSelectorLib.constants import DENOISE_SIGMA_MM
 from AIFSelectorLib.input_functions import InputFunctions
 from AIFSelectorLib.perfusion_pipeline import compute_maps, prepare
 from AIFSelectorLib.phantom import make_phantom
@@ -27,8 +28,8 @@ from AIFSelectorLib.phantom_anatomy import GM, WM
 from StrokeLesionLib.lesion_thresholds import decide
 from StrokeLesionLib.truth_comparison import dice, map_errors
 
-CONDITIONS = ((0.0, 0.0), (5.0, 2.0))
-"""(noise SD [HU], smoothing sigma [mm])."""
+CONDITIONS = ((0.0, 0.0), (5.0, DENOISE_SIGMA_MM))
+"""(noise SD [HU], denoising scale [mm]; 0: raw curves)."""
 
 
 def measure(seed: int, noise_hu: float, smooth_mm: float, method: str) -> dict:
