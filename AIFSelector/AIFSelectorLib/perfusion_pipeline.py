@@ -19,6 +19,9 @@ from .preprocessing import (VESSEL_PEAK_HU, Bolus, baseline_image, brain_mask, d
                             enhancement, global_curve, slabs)
 
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp")
+MAPS_REVISION = 2
+"""Raised whenever the maps of a series change (2: edge-preserving denoising, CSF on the temporal mean), so that
+caches of maps (training data) are not reused across versions."""
 VESSEL_CBV_ML_100G = 8.0
 """Voxels with CBV above this are vessels, not tissue (parenchymal CBV stays below ~6 ml/100 g)."""
 

@@ -69,7 +69,9 @@ def phantom_sample(seed: int) -> Dict[str, object]:
 
 
 def cache_tag() -> str:
-    return "variety" if lesion_variety_available() else "plain"
+    """What the cached samples depend on: the phantom generator's lesion variety and the maps' revision."""
+    from AIFSelectorLib.perfusion_pipeline import MAPS_REVISION
+    return ("variety" if lesion_variety_available() else "plain") + f"-maps{MAPS_REVISION}"
 
 
 def cached_phantoms(seeds: Sequence[int], cache_dir: Optional[Path] = None, log=None) -> List[Dict[str, object]]:

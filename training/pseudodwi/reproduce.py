@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .data import CASE_SHAPE_ZYX, CASE_SPACING_MM, N_FRAMES, cache_tag
+from .data import CASE_SHAPE_ZYX, CASE_SPACING_MM, N_FRAMES, lesion_variety_available
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = "1.0"
@@ -32,7 +32,7 @@ FILES = {"slnet_maps": "pseudodwi_slnet_maps.pt", "pseudodwi": "pseudodwi.pt"}
 
 
 def data_description(meta: dict) -> dict:
-    return {"source": f"digital phantom (AIFSelectorLib.phantom, lesion_variety: {cache_tag() == 'variety'}), "
+    return {"source": f"digital phantom (AIFSelectorLib.phantom, lesion_variety: {lesion_variety_available()}), "
                       f"{CASE_SHAPE_ZYX} voxels (z, y, x) at {CASE_SPACING_MM} mm (x, y, z), {N_FRAMES} frames at "
                       "1 or 1.5 s, noise 3-8 HU; network inputs from the perfusion pipeline's maps (AIFNet AIF, "
                       "oSVD) and brain mask; target: the phantom's DWI look-alike and lesion; no real scans",
