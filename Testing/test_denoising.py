@@ -64,6 +64,14 @@ def test_noise_is_averaged_away_but_not_across_the_tissue_boundary():
     assert np.median(peak_err) < 2.0 < np.median(gauss_err)
 
 
+def test_flat_curves_pass_unchanged():
+    """No enhancement and no noise anywhere: nothing to measure the noise on, nothing changes."""
+    series, baseline, mean, enh, mask = _two_regions(noise_hu=0.0)
+    series.data[:] = baseline[None]
+    out = _curves(denoise(series, baseline, mean, mask, sigma_mm=3.0), mask)
+    assert np.all(np.isfinite(out)) and np.abs(out).max() < 1e-3
+
+
 def test_curves_of_voxels_that_were_not_denoised_are_refused():
     series, baseline, mean, enh, mask = _two_regions(noise_hu=5.0)
     part = mask.copy()

@@ -42,6 +42,8 @@ SPATIAL_CUTOFF = 0.05
 """Neighbours whose spatial weight is below this are left out (the kernel's support)."""
 SAMPLE_VOXELS = 50000
 """Tissue curves sampled to find the temporal basis."""
+NOISE_FLOOR_HU = 0.01
+"""The noise SD used when the series measures less (noise-free or flat curves): only equal curves mix."""
 
 
 @dataclass
@@ -166,7 +168,7 @@ def denoise(series: CTPSeries, baseline_hu: np.ndarray, mean_hu: np.ndarray, mas
     z, y, x = np.unravel_index(pick, mask.shape)
     sample = enhancement(series.data[:, z, y, x], baseline_hu[z, y, x]).T
     mean_curve, basis = temporal_basis(sample, N_COMPONENTS)
-    noise = noise_sd_hu(sample)
+    noise = max(noise_sd_hu(sample), NOISE_FLOOR_HU)
     sy, sx = series.geometry.spacing_mm[1], series.geometry.spacing_mm[0]
     sigma_px = (sigma_mm / sy, sigma_mm / sx)
     guide_px = (GUIDE_SIGMA_MM / sy, GUIDE_SIGMA_MM / sx)
