@@ -66,14 +66,17 @@ class DenoisedCurves:
         per_slice = self.mask.reshape(self.mask.shape[0], -1).sum(axis=1)
         self._first_row = np.concatenate([[0], np.cumsum(per_slice)])
 
+    def rows(self, zs: slice) -> slice:
+        """The rows of ``coefficients`` that hold the mask's voxels in the slices ``zs`` (step 1)."""
+        return slice(self._first_row[zs.start], self._first_row[zs.stop])
+
     def curves(self, zs: slice, where: np.ndarray) -> np.ndarray:
         """Curves (n, t) float32 [HU] of the voxels of ``where`` (bool, the (z, y, x) shape of the slab
         ``zs``), in C order; every voxel of ``where`` must be in ``mask``."""
-        rows = slice(self._first_row[zs.start], self._first_row[zs.stop])
         inside = where[self.mask[zs]]
         if int(inside.sum()) != int(where.sum()):
             raise ValueError("curves asked for voxels that were not denoised")
-        return self.coefficients[rows][inside] @ self.basis + self.mean_curve
+        return self.coefficients[self.rows(zs)][inside] @ self.basis + self.mean_curve
 
 
 def noise_sd_hu(curves: np.ndarray) -> float:
@@ -175,9 +178,7 @@ def denoise(series: CTPSeries, baseline_hu: np.ndarray, mean_hu: np.ndarray, mas
     n_guide = min(GUIDE_COMPONENTS, len(basis))
     guide_noise_d2 = 2.0 * n_guide * noise ** 2 * _smoothed_noise_factor(guide_px)
     mean_var = MEAN_RANGE_HU ** 2 + 2.0 * noise ** 2 / series.n_frames
-    coefficients = np.empty((n_mask, len(basis)), np.float32)
-    per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
-    first_row = np.concatenate([[0], np.cumsum(per_slice)])
+    out = DenoisedCurves(mask, np.empty((n_mask, len(basis)), np.float32), mean_curve, basis, noise, sigma_mm)
 
     def one_slab(zs: slice):
         m = mask[zs]
@@ -192,9 +193,9 @@ def denoise(series: CTPSeries, baseline_hu: np.ndarray, mean_hu: np.ndarray, mas
         if sigma_mm > 0:
             guide = _masked_blur(c[:n_guide], mc, guide_px)
             c = profile_filter(c, guide, mean_hu[crop].astype(np.float32), mc, sigma_px, guide_noise_d2, mean_var)
-        coefficients[first_row[zs.start]:first_row[zs.stop]] = c[:, mc].T
+        out.coefficients[out.rows(zs)] = c[:, mc].T
 
     work = list(slabs(mask.shape, max_voxels=1 << 17))
     with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool:
         list(pool.map(one_slab, work))
-    return DenoisedCurves(mask, coefficients, mean_curve, basis, noise, sigma_mm)
+    return out

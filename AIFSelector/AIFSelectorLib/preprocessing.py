@@ -1,4 +1,5 @@
-"""Preprocessing of a CTP series: bolus arrival and baseline, brain and vessel masks, HU to enhancement. Works slab by slab so memory stays bounded for whole-brain series.
+"""Preprocessing of a CTP series: bolus arrival and baseline, brain and vessel masks, HU to enhancement.
+Works slab by slab so memory stays bounded for whole-brain series.
 
 Shapes: series data (t, z, y, x) HU; volumes (z, y, x); curves (n_voxels, t). Times in seconds.
 """
