@@ -138,6 +138,18 @@ def check_t1(t1: np.ndarray) -> np.ndarray:
     return t1
 
 
+def check_spacing(spacing_xyz, label: str) -> Tuple[float, float, float]:
+    """The voxel spacing (x, y, z) mm as three floats; InputError "<label>: the voxel spacing must be 3 positive
+    numbers (x, y, z) mm, got ..." for anything else."""
+    try:
+        spacing = tuple(float(s) for s in np.ravel(spacing_xyz))
+    except (TypeError, ValueError):
+        spacing = ()
+    if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise InputError(f"{label}: the voxel spacing must be 3 positive numbers (x, y, z) mm, got {spacing_xyz}")
+    return spacing
+
+
 def check_ctp(series) -> CTPSeries:
     """The series when it is a CTP series in HU (its first frame looks like a head CT); InputError otherwise."""
     if not isinstance(series, CTPSeries):
@@ -218,10 +230,7 @@ def segment(model: str, inputs: Dict[str, object], device: Optional[str] = "auto
         if inputs.get(key) is None:
             raise InputError(f"--model {model} needs its {MODALITY[model]} image ('{key}')")
         image = check_ncct(inputs[key]) if model == "sean" else check_t1(inputs[key])
-        spacing = tuple(float(s) for s in np.ravel(inputs.get("spacing_xyz", ())))
-        if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
-            raise InputError(f"--model {model}: the voxel spacing must be 3 positive numbers (x, y, z) mm, "
-                             f"got {inputs.get('spacing_xyz')}")
+        spacing = check_spacing(inputs.get("spacing_xyz", ()), f"--model {model}")
         shape, voxel_ml = image.shape, float(np.prod(spacing)) / 1000.0
         args = (image, spacing)
     function = inference_function(model)

@@ -18,10 +18,9 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.model_weights import WeightsError, load_checkpoint, resolve_device
 
-from .lesion_models import check_ncct
+from .lesion_models import check_ncct, check_spacing
 from .sean_alignment import (AlignmentNet, alignment_grid_slices, build_alignment, head_mask, normalise_ncct,
                              refine_pose, warp_volumes)
 from .sean_model import HybridUNet, build_model, slice_stacks
@@ -66,19 +65,12 @@ def aligned_probability(net: HybridUNet, aligned: torch.Tensor, batch: int = SLI
     return torch.cat(probs)
 
 
-def _check_spacing(spacing_xyz) -> Tuple[float, float, float]:
-    spacing = tuple(float(s) for s in np.ravel(spacing_xyz))
-    if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
-        raise InputError(f"SEAN: the voxel spacing must be 3 positive numbers (x, y, z) mm, got {spacing_xyz}")
-    return spacing
-
-
 def segment_sean(ncct_hu: np.ndarray, spacing_xyz, device: Optional[str] = "auto", folder: Optional[Path] = None,
                  model_name: str = MODEL_NAME, alignment_name: str = ALIGNMENT_NAME
                  ) -> Tuple[np.ndarray, Dict[str, np.ndarray], dict]:
     """(lesion_mask, {'infarct_probability': ...}, info) of one NCCT (see module doc)."""
     ncct = check_ncct(ncct_hu)
-    spacing = _check_spacing(spacing_xyz)
+    spacing = check_spacing(spacing_xyz, "SEAN")
     (seg, seg_info), (align, align_info) = load_models(model_name, alignment_name, folder)
     cfg = seg.config
     dev = resolve_device(device)

@@ -31,10 +31,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.model_weights import WeightsError, load_checkpoint, resolve_device
 
-from .lesion_models import check_t1
+from .lesion_models import check_spacing, check_t1
 from .xnet_model import XNet, XNetConfig, build_model
 
 MODEL_NAME = "xnet"
@@ -171,16 +170,6 @@ def predict_probability(model: XNet, slices: np.ndarray, device: torch.device = 
     return torch.cat(probs).numpy().astype(np.float32)
 
 
-def _check_spacing(spacing_xyz) -> Tuple[float, float, float]:
-    try:
-        spacing = tuple(float(s) for s in np.ravel(spacing_xyz))
-    except (TypeError, ValueError):
-        spacing = ()
-    if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
-        raise InputError(f"X-Net: the voxel spacing must be 3 positive numbers (x, y, z) mm, got {spacing_xyz}")
-    return spacing
-
-
 def segment_with_model(model: XNet, t1: np.ndarray, spacing_xyz, device: torch.device = torch.device("cpu")
                        ) -> Tuple[np.ndarray, np.ndarray, dict]:
     """(lesion mask (z, y, x) bool, lesion probability (z, y, x) float32, info) of a checked T1 volume by a
@@ -212,7 +201,7 @@ def segment_xnet(t1: np.ndarray, spacing_xyz, device: Optional[str] = "auto", fo
                  model_name: str = MODEL_NAME) -> Tuple[np.ndarray, Dict[str, np.ndarray], dict]:
     """(lesion_mask, {'lesion_probability': ...}, info) of one T1 volume (see module doc)."""
     image = check_t1(t1)
-    spacing = _check_spacing(spacing_xyz)
+    spacing = check_spacing(spacing_xyz, "X-Net")
     model, model_info = load_model(model_name, folder)
     mask, prob, run_info = segment_with_model(model, image, spacing, resolve_device(device))
     info = {"model": model_name, "version": model_info["version"], "sha256": model_info["sha256"],
