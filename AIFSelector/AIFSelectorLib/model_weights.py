@@ -18,6 +18,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from .errors import InputError
+from .volume_io import atomic_path
 
 MANIFEST = "manifest.json"
 
@@ -64,9 +65,8 @@ def update_manifest(entries: Dict[str, dict], folder: Optional[Path] = None,
     manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"format": 1, "models": {}}
     manifest.setdefault("models", {}).update(entries)
     manifest.update(top_level or {})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 
 
@@ -75,10 +75,8 @@ def write_checkpoint(checkpoint: dict, path) -> Path:
     that ``torch.load(weights_only=True)`` reads it) to ``path`` atomically: a temporary file beside it is
     renamed over it, so an interrupted write never leaves half a weights file. Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
     return path
 
 

@@ -22,6 +22,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from AIFSelectorLib.volume_io import atomic_path
+
 TRAIN_SEED0, VAL_SEED0, EVAL_SEED0 = 1000, 5000, 9000
 
 
@@ -72,10 +74,8 @@ def cached_phantoms(seeds: Sequence[int], cache_dir: Optional[Path] = None, smal
             continue
         sample = phantom_sample(s, small)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, **{k: v for k, v in sample.items() if isinstance(v, np.ndarray)})
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                np.savez(tmp, **{k: v for k, v in sample.items() if isinstance(v, np.ndarray)})
         out.append(sample)
         if log:
             log(f"phantom seed {s}: {sample['x'].shape}")

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from AIFSelectorLib.errors import InputError
+from AIFSelectorLib.volume_io import atomic_path
 from StrokeLesionLib.pseudo_dwi_preprocessing import network_input, normalised_dwi
 
 from .losses import distance_weight_map
@@ -85,10 +86,8 @@ def cached_phantoms(seeds: Sequence[int], cache_dir: Optional[Path] = None, log=
             continue
         sample = phantom_sample(s)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.stem + ".tmp.npz")
-            np.savez(tmp, **{k: sample[k] for k in SAMPLE_KEYS})
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                np.savez(tmp, **{k: sample[k] for k in SAMPLE_KEYS})
         out.append(sample)
         if log:
             log(f"phantom seed {s}: lesion {int(sample['lesion'].sum())} voxels")

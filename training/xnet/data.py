@@ -25,6 +25,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from AIFSelectorLib.volume_io import atomic_path
+
 TRAIN_SEED0, VAL_SEED0, EVAL_SEED0 = 10000, 20000, 30000
 FOV_MM = 230.0
 INPLANE_SPACING_MM = (1.5, 2.1)
@@ -94,10 +96,8 @@ def phantom_slices(seeds: Sequence[int], config, cache: Optional[Path] = None) -
             continue
         pair = case_slices(phantom_case(int(seed)), config)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.stem + ".tmp.npz")
-            np.savez_compressed(tmp, slices=pair[0], labels=pair[1])
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                np.savez_compressed(tmp, slices=pair[0], labels=pair[1])
         out.append(pair)
     return out
 
