@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from .ctp_series import CTPSeries
+from .preprocessing import enhancement, slabs, usable_cores
 
 N_COMPONENTS = 8
 """Principal components kept per curve (fewer, e.g. 5, bias the timing of grey matter on the phantom)."""
@@ -161,8 +162,6 @@ def denoise(series: CTPSeries, baseline_hu: np.ndarray, mean_hu: np.ndarray, mas
     the filter [mm] (0: the curves are only projected on the temporal basis). The filter runs slab by slab
     (in-plane, so slabs are independent), ``workers`` slabs at a time (default: the usable cores).
     """
-    from .preprocessing import enhancement, slabs, usable_cores
-
     mask = np.asarray(mask, bool)
     n_mask = int(mask.sum())
     idx = np.flatnonzero(mask)
