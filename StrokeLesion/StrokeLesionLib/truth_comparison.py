@@ -11,12 +11,7 @@ import numpy as np
 
 from AIFSelectorLib.phantom_anatomy import CSF, GM, WM
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """2|A∩B| / (|A| + |B|); 1.0 when both are empty."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+from .lesion_metrics import dice
 
 
 def map_errors(maps: Dict[str, np.ndarray], truth: Dict[str, np.ndarray], where: np.ndarray) -> dict:

@@ -71,17 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def case_dice(prob_lesion: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
-    """Dice of one case's thresholded lesion probability (z, s, s) against its labels (1 when both empty)."""
-    pred = prob_lesion > threshold
-    total = int(pred.sum()) + int(labels.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.count_nonzero(pred & labels)) / total
-
-
 def validation_dice(model, cases: Sequence[Tuple[np.ndarray, np.ndarray]], threshold: float = 0.5) -> float:
     """Mean per-case Dice of the network on validation (slices, labels) pairs (network grid)."""
+    from StrokeLesionLib.lesion_metrics import dice
     from StrokeLesionLib.xnet_inference import predict_probability
-    return float(np.mean([case_dice(predict_probability(model, s.astype(np.float32)), y, threshold)
+    return float(np.mean([dice(predict_probability(model, s.astype(np.float32)) > threshold, y)
                           for s, y in cases]))
 
 
