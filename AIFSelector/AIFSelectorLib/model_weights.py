@@ -44,6 +44,12 @@ def sha256_of(path) -> str:
     return h.hexdigest()
 
 
+def file_fields(path) -> dict:
+    """The manifest fields that identify a weights file: {'file': its name, 'sha256', 'size_bytes'}."""
+    path = Path(path)
+    return {"file": path.name, "sha256": sha256_of(path), "size_bytes": path.stat().st_size}
+
+
 def read_manifest(folder: Optional[Path] = None) -> dict:
     folder = Path(folder) if folder is not None else models_dir()
     path = folder / MANIFEST

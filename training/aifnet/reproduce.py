@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = {
     "aif": ["--kind", "aif", "--n-train", "40", "--n-val", "6", "--iters", "900", "--lr", "0.01",
@@ -29,7 +28,7 @@ VERSION = "1.0"
 def write_manifest(folder: Path, commands=None, evaluation=None) -> dict:
     """manifest.json for the aifnet_*.pt files in ``folder`` (sha256 + checkpoint metadata)."""
     import torch
-    from AIFSelectorLib.model_weights import sha256_of, update_manifest
+    from AIFSelectorLib.model_weights import file_fields, update_manifest
     folder = Path(folder)
     models = {}
     for kind in ("aif", "vof"):
@@ -38,7 +37,7 @@ def write_manifest(folder: Path, commands=None, evaluation=None) -> dict:
             continue
         ckpt = torch.load(f, map_location="cpu", weights_only=True)
         meta = ckpt.get("meta", {})
-        models[kind] = {"file": f.name, "sha256": sha256_of(f), "size_bytes": f.stat().st_size,
+        models[kind] = {**file_fields(f),
                         "version": meta.get("version", VERSION), "config": ckpt["config"],
                         "n_parameters": meta.get("n_parameters"),
                         "training_command": meta.get("training_command"),

@@ -16,6 +16,8 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from AIFSelectorLib.volume_io import atomic_path
+
 
 @dataclass(frozen=True)
 class Column:
@@ -99,6 +101,5 @@ def format_table(rows: Sequence[Tuple[str, Sequence[Mapping[str, float]]]], colu
 
 def write_report(path, report: Mapping) -> None:
     """Writes an evaluate command's report as indented JSON at ``path``, atomically (numpy scalars as floats)."""
-    from AIFSelectorLib.volume_io import atomic_path
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")

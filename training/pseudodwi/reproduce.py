@@ -41,10 +41,10 @@ def data_description(meta: dict) -> dict:
 
 def manifest_entry(name: str, path: Path, evaluation=None) -> dict:
     import torch
-    from AIFSelectorLib.model_weights import sha256_of
+    from AIFSelectorLib.model_weights import file_fields
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     meta = ckpt["meta"]
-    entry = {"file": path.name, "sha256": sha256_of(path), "size_bytes": path.stat().st_size,
+    entry = {**file_fields(path),
              "version": meta["version"], "config": ckpt["config"], "n_parameters": meta["n_parameters"],
              "parameter_counts": meta.get("parameter_counts"), "training_command": meta["training_command"],
              "data": data_description(meta), "date": meta.get("date"),

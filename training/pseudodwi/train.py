@@ -211,7 +211,7 @@ def main(argv=None) -> Dict[str, object]:
     import torch
     torch.set_num_threads(max(1, args.threads))
     from AIFSelectorLib.errors import InputError
-    from AIFSelectorLib.model_weights import sha256_of, update_manifest, write_checkpoint
+    from AIFSelectorLib.model_weights import file_fields, update_manifest, write_checkpoint
     from StrokeLesionLib.pseudo_dwi_model import PseudoDWIConfig, PseudoDWINet, parameter_counts
 
     def log(msg):
@@ -263,7 +263,7 @@ def main(argv=None) -> Dict[str, object]:
             "losses": weights.to_dict(), "date": time.strftime("%Y-%m-%d")}
     path = write_checkpoint({"format": 1, "config": config.to_dict(), "state_dict": model.state_dict(), "meta": meta},
                             args.out / f"{name}.pt")
-    update_manifest({name: {"file": path.name, "sha256": sha256_of(path), "size_bytes": path.stat().st_size,
+    update_manifest({name: {**file_fields(path),
                             "version": meta["version"], "config": config.to_dict(),
                             "n_parameters": counts["inference"], "training_command": meta["training_command"]}},
                     folder=args.out)

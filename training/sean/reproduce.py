@@ -48,13 +48,13 @@ def data_description(meta: dict) -> dict:
 
 def manifest_entry(path: Path, model_card: str, evaluation=None) -> dict:
     import torch
-    from AIFSelectorLib.model_weights import sha256_of
+    from AIFSelectorLib.model_weights import file_fields
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     meta = ckpt["meta"]
     keys = ("iters_done", "best_iter", "best_val_dice", "seconds", "total_train_seconds", "optimizer", "lr",
             "lr_decay_every", "batch_size", "lesion_weight", "lesion_fraction", "threads", "val_angle_error_mean_deg",
             "val_angle_error_max_deg", "loss_first", "loss_last")
-    entry = {"file": path.name, "sha256": sha256_of(path), "size_bytes": path.stat().st_size,
+    entry = {**file_fields(path),
              "version": meta["version"], "config": ckpt["config"], "n_parameters": meta["n_parameters"],
              "training_command": meta["training_command"], "data": data_description(meta), "date": meta.get("date"),
              "training": {k: meta[k] for k in keys if k in meta}, "model_card": model_card,

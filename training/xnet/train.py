@@ -189,8 +189,8 @@ def train(args) -> Dict[str, object]:
 
 def manifest_entry(path: Path, config: dict, meta: dict, evaluation: Optional[dict] = None) -> dict:
     """The manifest entry of a checkpoint file (see the brief's list of fields)."""
-    from AIFSelectorLib.model_weights import sha256_of
-    entry = {"file": path.name, "sha256": sha256_of(path), "size_bytes": path.stat().st_size,
+    from AIFSelectorLib.model_weights import file_fields
+    entry = {**file_fields(path),
              "version": meta["version"], "config": config, "n_parameters": meta["n_parameters"],
              "training_command": meta["training_command"], "data": meta["data"], "date": meta["date"],
              "training": meta["training"]}
