@@ -12,8 +12,8 @@ from AIFSelectorLib.model_weights import WeightsError, models_dir, read_manifest
 from StrokeLesionLib.lesion_metrics import dice
 from StrokeLesionLib.xnet_inference import (from_network_grid, head_mask, network_input, normalise_t1,
                                            segment_xnet, slice_grid, to_network_grid)
-from StrokeLesionLib.xnet_model import (FeatureSimilarityModule, XNetConfig, build_model, count_parameters,
-                                        variant_config)
+from StrokeLesionLib.network_blocks import count_parameters
+from StrokeLesionLib.xnet_model import FeatureSimilarityModule, XNetConfig, build_model, variant_config
 
 torch.set_num_threads(1)
 TINY = XNetConfig(widths=(4, 8, 16), grid_size=32)

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 
 from AIFSelectorLib.config_json import config_from_dict
 
+from .network_blocks import ConvBlock
+
 BLOCKS = ("x", "plain")
 
 
@@ -116,19 +118,13 @@ class XBlock(nn.Module):
         return self.body(x) + self.residual(x)
 
 
-class PlainBlock(nn.Sequential):
-    """The plain UNet block: two 3x3 convolutions, each + norm + ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(ConvNormReLU(in_channels, out_channels, 3), ConvNormReLU(out_channels, out_channels, 3))
-
-
 def make_block(kind: str, in_channels: int, out_channels: int) -> nn.Module:
-    """'x' (XBlock) or 'plain' (PlainBlock)."""
+    """'x' (XBlock) or 'plain' (the plain UNet block: two 3x3 convolutions, each + batch norm + ReLU, the
+    ConvBlock of :mod:`network_blocks`)."""
     if kind == "x":
         return XBlock(in_channels, out_channels)
     if kind == "plain":
-        return PlainBlock(in_channels, out_channels)
+        return ConvBlock(in_channels, out_channels, norm="batch")
     raise ValueError(f"unknown block {kind!r} (one of {', '.join(BLOCKS)})")
 
 
@@ -209,10 +205,6 @@ class XNet(nn.Module):
 def build_model(config) -> XNet:
     """The untrained network of an :class:`XNetConfig` or its dict (checkpoint ``config``)."""
     return XNet(config if isinstance(config, XNetConfig) else XNetConfig.from_dict(config))
-
-
-def count_parameters(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 def variant_config(config: XNetConfig, variant: str) -> XNetConfig:

@@ -47,7 +47,8 @@ def evaluate_model(model, cases: Sequence[Dict[str, object]]) -> List[Dict[str, 
 
 def parameter_counts(config: dict) -> Dict[str, int]:
     """Parameters of every variant (xnet, xnet_no_fsm, unet) with the depth and widths of ``config``."""
-    from StrokeLesionLib.xnet_model import XNetConfig, build_model, count_parameters, variant_config
+    from StrokeLesionLib.network_blocks import count_parameters
+    from StrokeLesionLib.xnet_model import XNetConfig, build_model, variant_config
     cfg = XNetConfig.from_dict(config)
     return {name: count_parameters(build_model(variant_config(cfg, name))) for name, _ in ROWS}
 
@@ -65,7 +66,7 @@ def _load(name: str, folder: Path):
 
 def main(argv=None) -> int:
     from AIFSelectorLib.model_weights import models_dir
-    from StrokeLesionLib.xnet_model import count_parameters
+    from StrokeLesionLib.network_blocks import count_parameters
     from training.lesion_data.evaluation_tables import PARAMETERS_COLUMN, SEGMENTATION_COLUMNS, Column, format_table
     p = argparse.ArgumentParser(prog="python -m training.xnet.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--models", type=Path, default=None, help="folder of the shipped weights (default Resources/models)")

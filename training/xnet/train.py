@@ -104,7 +104,8 @@ def load_data(args, config, deadline: float):
 def train(args) -> Dict[str, object]:
     import torch
     from AIFSelectorLib.model_weights import update_manifest, write_checkpoint
-    from StrokeLesionLib.xnet_model import XNetConfig, build_model, count_parameters, variant_config
+    from StrokeLesionLib.network_blocks import count_parameters
+    from StrokeLesionLib.xnet_model import XNetConfig, build_model, variant_config
     from training.lesion_data.segmentation_losses import dice_ce_loss
 
     torch.set_num_threads(args.threads)
