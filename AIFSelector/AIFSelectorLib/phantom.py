@@ -175,11 +175,7 @@ def make_phantom(seed: int = 0, shape_zyx=(8, 256, 256), n_frames: int = 48, dt_
     rel = times - t0
     t_fine = pc.fine_grid(rel[-1] + 40.0)
     n_fine = len(t_fine)
-    aif_f, vof_f, late_f, kernel_off = pc.input_functions(
-        t_fine, bolus["arrival_s"], bolus["rise_s"], bolus["alpha"], bolus["aif_peak_hu"],
-        bolus["recirc_fraction"], bolus["recirc_mean_s"], bolus["recirc_shape"], bolus["vof_delay_s"],
-        bolus["vof_dispersion_s"], bolus["late_delay_s"], bolus["late_dispersion_s"],
-        bolus["plateau_fraction"], bolus["plateau_decay_s"])
+    aif_f, vof_f, late_f, kernel_off = pc.bolus_input_functions(t_fine, bolus)
     bolus["aif_area_hu_s"] = float(aif_f.sum() * pc.FINE_DT_S)
     bolus["dose_factor"] = bolus["aif_area_hu_s"] / 3000.0
     blood0 = bolus["blood_baseline_hu"]

@@ -106,6 +106,14 @@ def input_functions(t_fine_s: np.ndarray, arrival_s: float, rise_s: float, alpha
     return aif, vof, late, 0.5
 
 
+def bolus_input_functions(t_fine_s: np.ndarray, bolus: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """:func:`input_functions` with the parameters of a phantom's ``bolus`` draw (``params['bolus']``)."""
+    return input_functions(t_fine_s, bolus["arrival_s"], bolus["rise_s"], bolus["alpha"], bolus["aif_peak_hu"],
+                           bolus["recirc_fraction"], bolus["recirc_mean_s"], bolus["recirc_shape"],
+                           bolus["vof_delay_s"], bolus["vof_dispersion_s"], bolus["late_delay_s"],
+                           bolus["late_dispersion_s"], bolus["plateau_fraction"], bolus["plateau_decay_s"])
+
+
 def residue_cells(mtt_s: np.ndarray, n: int, shape: str, shape_param: float = 3.0,
                   dt_s: float = FINE_DT_S) -> np.ndarray:
     """Cell averages of residue functions R(t) (R(0) = 1, non-increasing) with area exactly ``mtt_s``.

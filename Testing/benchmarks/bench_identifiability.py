@@ -45,13 +45,7 @@ TMAX_LIMIT_S = 1.0
 
 def true_aif_fine(params: dict, duration_s: float) -> np.ndarray:
     """The seed's true arterial enhancement [HU] on the 0.1 s grid from the first frame."""
-    b = params["bolus"]
-    t = pc.fine_grid(duration_s)
-    aif, _, _, _ = pc.input_functions(t, b["arrival_s"], b["rise_s"], b["alpha"], b["aif_peak_hu"],
-                                      b["recirc_fraction"], b["recirc_mean_s"], b["recirc_shape"], b["vof_delay_s"],
-                                      b["vof_dispersion_s"], b["late_delay_s"], b["late_dispersion_s"],
-                                      b["plateau_fraction"], b["plateau_decay_s"])
-    return aif
+    return pc.bolus_input_functions(pc.fine_grid(duration_s), params["bolus"])[0]
 
 
 def sampled_tissue(aif_fine, times_s, family, param, mtts_s, dispersions_s, delays_s, cbv_mtt_s):
