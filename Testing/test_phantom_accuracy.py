@@ -12,8 +12,7 @@ from AIFSelectorLib.perfusion_pipeline import compute_maps, prepare
 from AIFSelectorLib.phantom import make_phantom
 from StrokeLesionLib.lesion_thresholds import decide, lesion_volumes
 from StrokeLesionLib.pipeline import RunOptions, run_case
-from StrokeLesionLib.truth_comparison import dice, map_errors
-from AIFSelectorLib.phantom_anatomy import GM, WM
+from StrokeLesionLib.truth_comparison import dice, healthy_tissue_errors
 
 SEEDS = (0, 2)  # cores of 36 and 28 ml; Dice of small cores (< 10 ml) is lower, see the note
 
@@ -34,9 +33,8 @@ def test_true_aif_core_penumbra_and_healthy_maps(case, method):
     voxel_ml = case.series.geometry.voxel_volume_ml
     core, pen = decide(p.maps["rcbf"], p.maps["tmax"], p.tissue, voxel_ml)
     d_core, d_pen = dice(core, case.truth["core"]), dice(pen, case.truth["penumbra"])
-    where = p.tissue & case.truth["tissue_mask"]
-    gm = map_errors(p.maps, case.truth, where & (case.truth["labels"] == GM))
-    wm = map_errors(p.maps, case.truth, where & (case.truth["labels"] == WM))
+    healthy = healthy_tissue_errors(p.maps, p.tissue, case.truth)
+    gm, wm = healthy["grey_matter"], healthy["white_matter"]
     print(f"\nseed {case.params['seed']} {method}: Dice core {d_core:.3f} penumbra {d_pen:.3f}")
     for name, e in (("GM", gm), ("WM", wm)):
         print(f"  {name}: CBF {e['cbf']['median_rel_error']:+.3f} CBV {e['cbv']['median_rel_error']:+.3f} "

@@ -25,13 +25,22 @@ def map_errors(maps: Dict[str, np.ndarray], truth: Dict[str, np.ndarray], where:
     return out
 
 
+HEALTHY = {"grey_matter": GM, "white_matter": WM}
+"""Healthy tissue classes of the phantom's labels."""
+
+
+def healthy_tissue_errors(maps: Dict[str, np.ndarray], tissue: np.ndarray, truth: Dict[str, np.ndarray]) -> dict:
+    """{'grey_matter': map_errors, 'white_matter': map_errors} over the voxels of each class that are in both the
+    maps' ``tissue`` and the truth's ``tissue_mask``."""
+    where = np.asarray(tissue, bool) & truth["tissue_mask"]
+    return {name: map_errors(maps, truth, where & (truth["labels"] == code)) for name, code in HEALTHY.items()}
+
+
 def compare_with_truth(result, case) -> dict:
     """Volumes, Dice and map errors of a pipeline CaseResult against a PhantomCase's truth."""
     truth = case.truth
     voxel_ml = case.series.geometry.voxel_volume_ml
-    maps, tissue = result.perfusion.maps, result.perfusion.tissue & truth["tissue_mask"]
     truth_core, truth_pen = float(truth["core"].sum() * voxel_ml), float(truth["penumbra"].sum() * voxel_ml)
-    healthy = {"grey_matter": GM, "white_matter": WM}
     lesion = None
     if getattr(result, "lesion", None) is not None:
         lesion = {"model": result.options.lesion_model, "estimate": round(float(result.lesion.sum() * voxel_ml), 2),
@@ -43,8 +52,7 @@ def compare_with_truth(result, case) -> dict:
                            "truth": round((truth_core + truth_pen) / truth_core, 2) if truth_core else None},
         "dice": {"core": dice(result.core, truth["core"]), "penumbra": dice(result.penumbra, truth["penumbra"]),
                  "brain_parenchyma": dice(result.prepared.brain, truth["brain_mask"] & (truth["labels"] != CSF))},
-        "healthy_tissue": {name: map_errors(maps, truth, tissue & (truth["labels"] == code))
-                           for name, code in healthy.items()},
+        "healthy_tissue": healthy_tissue_errors(result.perfusion.maps, result.perfusion.tissue, truth),
         "aif_pvol_on_arteries": None if result.functions.aif_pvol is None
         else float(result.functions.aif_pvol[truth["artery_mask"]].sum()),
         "lesion_ml": lesion,

@@ -24,12 +24,12 @@ from AIFSelectorLib.constants import DENOISE_SIGMA_MM
 from AIFSelectorLib.input_functions import InputFunctions
 from AIFSelectorLib.perfusion_pipeline import compute_maps, prepare
 from AIFSelectorLib.phantom import make_phantom
-from AIFSelectorLib.phantom_anatomy import GM, WM
 from StrokeLesionLib.lesion_thresholds import decide
-from StrokeLesionLib.truth_comparison import dice, map_errors
+from StrokeLesionLib.truth_comparison import dice, healthy_tissue_errors
 
 CONDITIONS = ((0.0, 0.0), (5.0, DENOISE_SIGMA_MM))
 """(noise SD [HU], denoising scale [mm]; 0: raw curves)."""
+SHORT = {"grey_matter": "GM", "white_matter": "WM"}
 
 
 def measure(seed: int, noise_hu: float, smooth_mm: float, method: str) -> dict:
@@ -39,12 +39,10 @@ def measure(seed: int, noise_hu: float, smooth_mm: float, method: str) -> dict:
     functions = InputFunctions(case.series.times_s, case.aif_hu, case.vof_hu, method="file")
     maps = compute_maps(prepared, functions, method=method, smooth_mm=smooth_mm)
     core, pen = decide(maps.maps["rcbf"], maps.maps["tmax"], maps.tissue, case.series.geometry.voxel_volume_ml)
-    where = maps.tissue & case.truth["tissue_mask"]
     row = {"seed": seed, "shape": case.params["residue_shape"], "noise": noise_hu, "smooth": smooth_mm,
            "method": method, "core": dice(core, case.truth["core"]), "pen": dice(pen, case.truth["penumbra"])}
-    for name, label in (("GM", GM), ("WM", WM)):
-        e = map_errors(maps.maps, case.truth, where & (case.truth["labels"] == label))
-        row[name] = {"cbf": e["cbf"]["median_rel_error"], "cbv": e["cbv"]["median_rel_error"],
+    for name, e in healthy_tissue_errors(maps.maps, maps.tissue, case.truth).items():
+        row[SHORT[name]] = {"cbf": e["cbf"]["median_rel_error"], "cbv": e["cbv"]["median_rel_error"],
                      "mtt": e["mtt"]["median_rel_error"], "tmax": e["tmax"]["median_error_s"]}
     return row
 
