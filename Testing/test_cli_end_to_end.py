@@ -9,6 +9,7 @@ from scipy import ndimage
 from AIFSelectorLib.aif_csv import read_aif_csv
 from AIFSelectorLib.volume_io import read_volume
 from StrokeLesionLib.cli import main
+from StrokeLesionLib.output_folder import MARKER
 
 OUTPUT_FILES = ["cbf", "cbv", "mtt", "tmax", "ttp", "rcbf", "rcbv", "brain_mask", "core", "penumbra"]
 
@@ -39,7 +40,9 @@ def test_run_with_classic_aif(phantom_dir, tmp_path, capsys):
     assert (out / "report.png").stat().st_size > 10_000
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["aif"]["selector"] == "classic"
-    assert set(report["aif"]["quality_flags"]) == {"truncated_bolus", "late_arrival", "low_peak", "saturation"}
+    assert set(report["aif"]["quality_flags"]) == {"truncated_bolus", "late_arrival", "low_peak", "saturation",
+                                                   "outlier_samples", "vof_missing"}
+    assert not report["aif"]["quality_flags"]["outlier_samples"] and not report["aif"]["quality_flags"]["vof_missing"]
     assert report["thresholds"]["core_rcbf"] == 0.38 and report["thresholds"]["tmax_s"] == 6.0
 
     cbf, g = read_volume(out / "cbf.nii.gz")
@@ -80,21 +83,24 @@ def test_maps_from_true_aif_and_user_mask(phantom_dir, tmp_path):
     assert not (out / "aif_pvol.nii.gz").exists()
     brain, _ = read_volume(out / "brain_mask.nii.gz")
     truth_brain, _ = read_volume(phantom_dir / "truth" / "brain_mask.nii.gz")
-    assert np.array_equal(brain > 0, truth_brain > 0)
+    brain, truth_brain = brain > 0, truth_brain > 0
+    assert not (brain & ~truth_brain).any()  # the user's mask, less its air, bone and CSF voxels
+    dropped = int(np.count_nonzero(truth_brain & ~brain))  # the truth mask holds the ventricles and sulci
+    assert dropped > 0 and any(w.startswith(f"{dropped} voxels") and "CSF" in w for w in report["warnings"])
 
 
 def test_aif_command(phantom_dir, tmp_path):
     out = tmp_path / "aif"
     assert main(["aif", str(phantom_dir / "ctp.nii.gz"), "--aif", "classic", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["aif.csv", "aif_pvol.nii.gz", "report.json", "vof_pvol.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "aif.csv", "aif_pvol.nii.gz", "report.json",
+                                                     "vof_pvol.nii.gz"]
 
 
 def test_overwrite_replaces_a_previous_output(phantom_dir, tmp_path):
     out = tmp_path / "again"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    assert main(["run", str(phantom_dir / "ctp.nii.gz"), "--aif", "classic", "--out", str(out)]) == 0
     assert main(["aif", str(phantom_dir / "ctp.nii.gz"), "--aif", "classic", "--out", str(out), "--overwrite"]) == 0
-    assert not (out / "old.txt").exists() and (out / "aif.csv").exists()
+    assert not (out / "cbf.nii.gz").exists() and (out / "aif.csv").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".again")]
 
 

@@ -16,6 +16,7 @@ from AIFSelectorLib.phantom import make_phantom
 from AIFSelectorLib.volume_io import read_volume, write_series_nifti, write_volume
 from StrokeLesionLib import lesion_models
 from StrokeLesionLib.cli import main
+from StrokeLesionLib.output_folder import MARKER
 from StrokeLesionLib.lesion_models import segment
 
 torch.set_num_threads(1)
@@ -83,7 +84,7 @@ def test_segment_sean_and_xnet_write_lesion_and_report(tmp_path, case, weights, 
         np.testing.assert_allclose(given_image, getattr(case, image), atol=1e-3)
         np.testing.assert_allclose(given_spacing, SPACING)
         assert fakes[model]["device"] == "cpu"
-        assert sorted(p.name for p in out.iterdir()) == ["lesion.nii.gz", "report.json"]
+        assert sorted(p.name for p in out.iterdir()) == [MARKER, "lesion.nii.gz", "report.json"]
         lesion, g = read_volume(out / "lesion.nii.gz")
         np.testing.assert_array_equal(lesion > 0, case.truth["lesion"])
         assert g.matches(case.series.geometry)
@@ -109,7 +110,7 @@ def test_segment_pseudodwi_with_given_and_computed_maps(tmp_path, case, weights,
     assert series.data.shape == case.series.data.shape
     np.testing.assert_allclose(maps["tmax"], case.truth["tmax"], atol=1e-4)
     np.testing.assert_array_equal(brain, case.truth["brain_mask"])
-    assert sorted(p.name for p in out.iterdir()) == ["lesion.nii.gz", "pseudo_dwi.nii.gz", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "lesion.nii.gz", "pseudo_dwi.nii.gz", "report.json"]
     pdwi, g = read_volume(out / "pseudo_dwi.nii.gz")
     assert np.all(pdwi == 2.5) and g.matches(case.series.geometry)
 

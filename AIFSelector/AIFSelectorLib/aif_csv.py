@@ -10,6 +10,10 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .errors import InputError
+
+CT_RANGE_HU = (-1100.0, 4100.0)
+"""AIF/VOF values outside this range [HU] cannot come from a CT (air is -1000 HU, 12-bit CT saturates near
+3071 HU, and some scanners extend the range a little)."""
 from .volume_io import atomic_path
 
 REQUIRED_COLUMNS = ("time_s", "aif_hu")
@@ -61,6 +65,10 @@ def read_aif_csv(path, times_s=None) -> Tuple[np.ndarray, np.ndarray, Optional[n
                 raise InputError(f"{name} line {line}: {columns[c]} value {cell.strip()!r} is not a number") from None
             if not np.isfinite(values[r, c]):
                 raise InputError(f"{name} line {line}: {columns[c]} is {cell.strip()} (NaN or infinite)")
+            lo, hi = CT_RANGE_HU
+            if columns[c] != "time_s" and not lo <= values[r, c] <= hi:
+                raise InputError(f"{name} line {line}: {columns[c]} is {cell.strip()}, outside the CT range "
+                                 f"{lo:g} to {hi:g} HU")
     times = values[:, columns.index("time_s")]
     aif = values[:, columns.index("aif_hu")]
     vof = values[:, columns.index("vof_hu")] if "vof_hu" in columns else None

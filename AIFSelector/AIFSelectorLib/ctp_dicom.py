@@ -3,8 +3,7 @@
 Tags are read with SimpleITK (GDCM) ``ReadImageInformation``; pixel data with ``ImageSeriesReader``, which
 applies Rescale Slope/Intercept (values in HU).
 
-Frames: the files of one series (Series Instance UID; the largest series when a folder holds several)
-are grouped by Acquisition Time (0008,0032), else Content Time (0008,0033), else Temporal Position
+Frames: the files of one series (Series Instance UID) are grouped by Acquisition Time (0008,0032), else Content Time (0008,0033), else Temporal Position
 Identifier (0020,0100) -- the first key that splits them into frames that each hold every slice position
 once. Scanners that stamp every slice with its own time fail that test; their files are then grouped by
 slice position and the k-th time point of every position makes frame k. Slices are sorted along the
@@ -13,8 +12,14 @@ slice normal (Image Position Patient . (row x column direction)).
 Frame times [s, from the first frame]: the mean Acquisition Time of the frame's slices, else Content
 Time, else Trigger Time (0018,1060, ms) -- the first present in every file that is not the same in
 every frame. Times wrap at midnight (a series shorter than 12 h is unwrapped).
+
+Refused with one line: a folder holding several series, unless one is chosen (``series_uid``, the
+command line's ``--series UID``; the error lists each series' UID, description, image count and time
+points); images of one series with different orientations or pixel spacings; slice positions with a gap
+(a slice missing in every frame).
 """
 import os
+import stat
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -32,13 +37,27 @@ TAG_CONTENT_TIME = "0008|0033"
 TAG_TEMPORAL_POSITION = "0020|0100"
 TAG_TRIGGER_TIME = "0018|1060"
 TAG_INSTANCE_NUMBER = "0020|0013"
+TAG_SERIES_DESCRIPTION = "0008|103e"
+TAG_PIXEL_SPACING = "0028|0030"
+TAG_STUDY_DATE = "0008|0020"
+TAG_ACQUISITION_DATE = "0008|0022"
+
+_ORIENTATION_TOL = 1e-3  # direction cosines that differ by less are the same orientation
+_SPACING_TOL_MM = 1e-3
+_SLICE_GAP_FACTOR = 1.5  # a gap between slice positions above this many times the median spacing is a hole
 
 _POSITION_DECIMALS = 2  # slice positions equal to 0.01 mm are the same position
 
 
 def is_dicom_file(path) -> bool:
-    """True for a file with the DICOM preamble ('DICM' at byte 128) or a .dcm/.ima name."""
+    """True for a regular file with the DICOM preamble ('DICM' at byte 128) or a .dcm/.ima name (a pipe or
+    device is never opened: it could block forever)."""
     path = Path(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+    except OSError:
+        return False
     if path.suffix.lower() in (".dcm", ".ima", ".dicom"):
         return True
     try:
@@ -77,7 +96,7 @@ def dicom_time_s(text: str) -> Optional[float]:
 
 
 class _Slice:
-    __slots__ = ("path", "series", "ipp", "iop", "fields", "pos")
+    __slots__ = ("path", "series", "ipp", "iop", "fields", "pos", "description", "pixel_spacing", "date")
 
     def __init__(self, path: Path, reader: sitk.ImageFileReader):
         def tag(key):
@@ -87,6 +106,9 @@ class _Slice:
         self.series = tag(TAG_SERIES_UID)
         self.ipp = _floats(tag(TAG_POSITION), 3)
         self.iop = _floats(tag(TAG_ORIENTATION), 6)
+        self.description = tag(TAG_SERIES_DESCRIPTION)
+        self.pixel_spacing = _floats(tag(TAG_PIXEL_SPACING), 2)
+        self.date = tag(TAG_ACQUISITION_DATE) or tag(TAG_STUDY_DATE)
         self.fields = {
             "acquisition time": dicom_time_s(tag(TAG_ACQUISITION_TIME)),
             "content time": dicom_time_s(tag(TAG_CONTENT_TIME)),
@@ -141,10 +163,44 @@ def _group(slices: List[_Slice], field: str) -> Dict[float, List[_Slice]]:
     return groups
 
 
+def _describe_series(uid: str, slices: List["_Slice"]) -> str:
+    positions = {round(float(np.dot(s.ipp, np.cross(s.iop[:3], s.iop[3:]))), _POSITION_DECIMALS)
+                 for s in slices if s.ipp is not None and s.iop is not None}
+    points = len(slices) // max(len(positions), 1)
+    description = slices[0].description or "no description"
+    return f"{uid or '(no UID)'} '{description}' ({len(slices)} images, {points} time points)"
+
+
+def _check_consistent(slices: List["_Slice"], source: str) -> None:
+    """One orientation and one pixel spacing for every image of the series."""
+    first = slices[0]
+    for s in slices[1:]:
+        if np.max(np.abs(s.iop - first.iop)) > _ORIENTATION_TOL:
+            raise InputError(f"{source}: DICOM image {s.path.name} has another orientation than {first.path.name} "
+                             f"(Image Orientation Patient differs): the series mixes orientations")
+        if (s.pixel_spacing is None) != (first.pixel_spacing is None) or (
+                s.pixel_spacing is not None and np.max(np.abs(s.pixel_spacing - first.pixel_spacing)) > _SPACING_TOL_MM):
+            raise InputError(f"{source}: DICOM image {s.path.name} has another pixel spacing than "
+                             f"{first.path.name}: the series mixes pixel spacings")
+
+
+def _check_no_gap(positions: List[float], source: str) -> None:
+    if len(positions) < 3:
+        return
+    gaps = np.diff(positions)
+    median = float(np.median(gaps))
+    worst = int(np.argmax(gaps))
+    if gaps[worst] > _SLICE_GAP_FACTOR * median:
+        raise InputError(f"{source}: a slice is missing in every frame between positions {positions[worst]:g} and "
+                         f"{positions[worst + 1]:g} mm (gap {gaps[worst]:g} mm, slices {median:g} mm apart)")
+
+
 def read_dicom_series(folder, dt_s: Optional[float] = None, files: Optional[Sequence[Path]] = None,
-                      file_hint: Optional[Path] = None):
+                      file_hint: Optional[Path] = None, series_uid: Optional[str] = None):
     """A CTPSeries from the DICOM files in ``folder`` (or ``files``). ``file_hint``: read the series this
-    file belongs to. ``dt_s`` replaces the frame times."""
+    file belongs to; ``series_uid``: read this series of a folder holding several (InputError listing them
+    when a folder holds several and neither is given). ``dt_s`` replaces the frame times. The series'
+    UID, description and acquisition date are in the result's ``source_info``."""
     from .ctp_io import _frame_times, make_series
 
     folder = Path(folder)
@@ -156,22 +212,33 @@ def read_dicom_series(folder, dt_s: Optional[float] = None, files: Optional[Sequ
     by_series: Dict[str, List[_Slice]] = {}
     for s in slices:
         by_series.setdefault(s.series, []).append(s)
-    if file_hint is not None:
+    if series_uid is not None:
+        if series_uid not in by_series:
+            listed = "; ".join(_describe_series(u, v) for u, v in sorted(by_series.items()))
+            raise InputError(f"{source}: no DICOM series with UID {series_uid} (found: {listed})")
+        slices = by_series[series_uid]
+    elif file_hint is not None:
         hint = [s for s in slices if s.path.resolve() == Path(file_hint).resolve()]
         if not hint:
             raise InputError(f"cannot read {Path(file_hint).name}: not a DICOM image, or it is corrupted")
         slices = by_series[hint[0].series]
+    elif len(by_series) > 1:
+        listed = "; ".join(_describe_series(u, v) for u, v in sorted(by_series.items(), key=lambda kv: -len(kv[1])))
+        raise InputError(f"{source} holds {len(by_series)} DICOM series: {listed}; choose one with --series UID")
     else:
-        slices = max(by_series.values(), key=len)
+        slices = next(iter(by_series.values()))
+    uid = slices[0].series
     if len(slices) == 1:
         raise InputError(f"{source}: a single DICOM image, not a CT perfusion series")
     for s in slices:
         if s.ipp is None or s.iop is None:
             raise InputError(f"{source}: DICOM file {s.path.name} has no Image Position/Orientation (Patient)")
+    _check_consistent(slices, source)
     normal = np.cross(slices[0].iop[:3], slices[0].iop[3:])
     for s in slices:
         s.pos = round(float(np.dot(s.ipp, normal)), _POSITION_DECIMALS)
     positions = sorted({s.pos for s in slices})
+    _check_no_gap(positions, source)
     for field in ("acquisition time", "content time"):
         _unwrap_midnight(slices, field)
 
@@ -238,7 +305,10 @@ def read_dicom_series(folder, dt_s: Optional[float] = None, files: Optional[Sequ
                              f"that differs between frames): pass --dt SECONDS")
 
     data, geometry = _read_frames(frames, source)
-    return make_series(data, times, geometry, source)
+    series = make_series(data, times, geometry, source)
+    series.source_info = {"series_instance_uid": uid, "series_description": slices[0].description,
+                          "acquisition_date": slices[0].date}
+    return series
 
 
 def _read_frames(frames: List[List[_Slice]], source: str):

@@ -56,6 +56,9 @@ class CTPSeries:
     data: np.ndarray
     times_s: np.ndarray
     geometry: VolumeGeometry = field(default_factory=VolumeGeometry)
+    source_info: dict = field(default_factory=dict)
+    """What the reader knows of the source (DICOM: series_instance_uid, series_description,
+    acquisition_date); reported in report.json."""
 
     def __post_init__(self):
         self.data = np.asarray(self.data)

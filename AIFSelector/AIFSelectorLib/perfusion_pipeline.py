@@ -4,7 +4,7 @@ Each stage is a function, so the Slicer Logic can re-run one (a corrected AIF â†
 others. Memory stays bounded: every pass over the 4D data goes slab by slab.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -15,8 +15,8 @@ from .denoising import DenoisedCurves, denoise
 from .errors import InputError
 from .input_functions import InputFunctions, baseline_removed, vof_scale
 from .perfusion_maps import Physiology, maps_from_curves, relative_maps
-from .preprocessing import (VESSEL_PEAK_HU, Bolus, baseline_image, brain_mask, detect_bolus,
-                            enhancement, global_curve, slabs)
+from .preprocessing import (AIR_HU, BONE_HU, CSF_HU, VESSEL_PEAK_HU, Bolus, baseline_image, brain_mask,
+                            detect_bolus, enhancement, global_curve, slabs)
 
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp")
 MAPS_REVISION = 2
@@ -43,6 +43,8 @@ class PreparedSeries:
     intracranial: np.ndarray
     brain: np.ndarray
     vessels: np.ndarray
+    warnings: List[str] = field(default_factory=list)
+    """What a user should know about the preparation (e.g. voxels taken out of a user's brain mask)."""
     _denoised: Dict[float, DenoisedCurves] = field(default_factory=dict, repr=False)
 
     @property
@@ -74,16 +76,42 @@ def prepare(series: CTPSeries, brain_override: Optional[np.ndarray] = None) -> P
         peak[zs] = block.max(axis=0) - base[zs]
         mean[zs] = block.mean(axis=0)
     intracranial, brain = brain_mask(base, mean, series.geometry.spacing_mm)
+    warnings = []
     if brain_override is not None:
-        brain_override = np.asarray(brain_override, bool)
-        if brain_override.shape != series.shape_zyx:
-            raise InputError(f"the mask has shape {brain_override.shape}, the series {series.shape_zyx}")
-        brain = brain_override
+        brain, warning = checked_user_mask(brain_override, base, mean, series.shape_zyx)
         intracranial = intracranial | brain
+        warnings += [warning] if warning else []
     if not brain.any():
         raise InputError("no brain tissue found (HU between CSF and bone): is this a head CT perfusion series?")
     vessels = intracranial & (peak > VESSEL_PEAK_HU)
-    return PreparedSeries(series, bolus, base, mean, peak, intracranial, brain, vessels)
+    return PreparedSeries(series, bolus, base, mean, peak, intracranial, brain, vessels, warnings)
+
+
+USER_MASK_MAX_AIR_BONE = 0.05
+"""A user brain mask with more than this fraction of air (< AIR_HU) or bone (> BONE_HU) voxels is refused:
+it is not a brain mask (a head or field-of-view mask; a careful brain mask has almost none)."""
+
+
+def checked_user_mask(mask, baseline_hu: np.ndarray, mean_hu: np.ndarray, shape_zyx):
+    """(mask, warning) for a user's brain mask (z, y, x): refused (InputError) when more than
+    USER_MASK_MAX_AIR_BONE of it is air or bone on the pre-contrast image; otherwise its air, bone and CSF
+    voxels (temporal mean below CSF_HU) are taken out, which the warning (or '') reports."""
+    mask = np.asarray(mask, bool)
+    if mask.shape != tuple(shape_zyx):
+        raise InputError(f"the mask has shape {mask.shape}, the series {tuple(shape_zyx)}")
+    n = int(np.count_nonzero(mask))
+    if n == 0:
+        raise InputError("the brain mask is empty")
+    air_bone = mask & ((baseline_hu < AIR_HU) | (baseline_hu > BONE_HU))
+    fraction = np.count_nonzero(air_bone) / n
+    if fraction > USER_MASK_MAX_AIR_BONE:
+        raise InputError(f"the brain mask takes in {100 * fraction:.0f} % air or bone voxels (pre-contrast "
+                         f"HU below {AIR_HU:g} or above {BONE_HU:g}): give a mask of brain tissue only")
+    keep = mask & ~air_bone & (mean_hu >= CSF_HU)
+    dropped = n - int(np.count_nonzero(keep))
+    warning = "" if dropped == 0 else (f"{dropped} voxels ({100 * dropped / n:.1f} %) of the brain mask are air, "
+                                       f"bone or CSF and were left out of the maps")
+    return keep, warning
 
 
 @dataclass
@@ -146,5 +174,5 @@ def compute_maps(prepared: PreparedSeries, functions: InputFunctions, method: st
     control = relative_maps(maps, tissue, tmax_threshold_s)
     for k in ("rcbf", "rcbv"):
         maps[k][~tissue] = 0.0
-    flags = aif_quality_flags(aif_enh, series.dt_s, prepared.bolus.arrival_s)
+    flags = aif_quality_flags(aif_enh, series.dt_s, prepared.bolus.arrival_s, has_vof=functions.vof_hu is not None)
     return PerfusionMaps(maps, tissue, aif_enh, scale, control, flags)

@@ -1,20 +1,66 @@
-"""The `strokelesion` command line (see README and DESIGN.md for the contract).
+"""The `strokelesion` command line (see the README for the contract).
 
-Every command that writes a folder checks it is free before working, writes into a staging folder and
-renames it into place at the end, so a failure leaves no partial output. Bad input prints one line,
-``strokelesion: error: <what is wrong>``, and exits with status 2.
+Every command that writes a folder claims it before any work (:mod:`output_folder`: checked, locked,
+staged, verified, installed in one rename), so a failure, a kill or a second run never leaves a partial
+output and never removes anything this tool did not write. Bad input or a bad option prints one line,
+``strokelesion: error: <what is wrong>``, and exits with status 2; a failure while writing (full disk,
+file size limit) prints one line and exits with status 1; SIGTERM exits with status 143.
 """
 import argparse
 import contextlib
+import math
+import os
+import signal
 import sys
 from pathlib import Path
 
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM
+from AIFSelectorLib.ctp_io import PLAUSIBLE_DT_S
 from AIFSelectorLib.errors import InputError
 
 from .lesion_models import MODELS
 from .lesion_thresholds import MIN_ISLAND_ML, Thresholds
-from .output_folder import check_free, staged_folder
+from .output_folder import Terminated, claimed_output
+
+OPTION_RANGES = {
+    "--dt": PLAUSIBLE_DT_S,
+    "--core-rcbf": (0.05, 0.95),
+    "--tmax": (0.5, 30.0),
+    "--min-island-ml": (0.0, 100.0),
+    "--smooth-mm": (0.0, 20.0),
+    "--noise-hu": (0.0, 200.0),
+    "--head-rotation-max": (0.0, 45.0),
+    "--seed": (0, 2 ** 32 - 1),
+}
+"""Accepted ranges (inclusive) of the numeric options: --dt in seconds as the file check (PLAUSIBLE_DT_S);
+--core-rcbf a fraction of control CBF (clinical rules use 0.20-0.45); --tmax in seconds (clinical 4-10 s);
+--min-island-ml in ml; --smooth-mm in mm; --noise-hu in HU; --head-rotation-max in degrees; --seed as numpy."""
+
+
+def _ranged(option: str, integer: bool = False):
+    """An argparse type: a finite number inside OPTION_RANGES[option]; else an error naming both."""
+    lo, hi = OPTION_RANGES[option]
+
+    def convert(text):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be {'an integer' if integer else 'a number'} "
+                                             f"from {lo:g} to {hi:g}, got {text!r}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{option} must be from {lo:g} to {hi:g}, got {text}")
+        return value
+    return convert
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are the one line ``strokelesion: error: ...`` and exit status 2."""
+
+    def error(self, message):
+        message = message.replace("\n", " ")
+        if message.startswith("argument ") and ": " in message:
+            message = message.split(": ", 1)[1] if "must be" in message else message
+        self.exit(2, f"strokelesion: error: {message}\n")
 
 
 @contextlib.contextmanager
@@ -37,11 +83,11 @@ def _progress_bar(desc: str):
             bar[0].close()
 
 
-def load_series(path, dt_s=None):
+def load_series(path, dt_s=None, series_uid=None):
     """A CTP series from any supported input, resampled to a uniform grid when its frames are irregular.
     Returns (series, note) where note says what was resampled, or ''."""
     from AIFSelectorLib.ctp_io import load_ctp, resample_uniform
-    series = load_ctp(path, dt_s=dt_s)
+    series = load_ctp(path, dt_s=dt_s, series_uid=series_uid)
     if series.is_uniform:
         return series, ""
     uniform = resample_uniform(series)
@@ -58,9 +104,48 @@ def _load_mask(path, series):
     return mask > 0
 
 
+def _check_device(device):
+    """--device cuda without CUDA (or without torch) is refused before any work."""
+    if device == "cuda":
+        try:
+            import torch
+        except ImportError:
+            raise InputError("--device cuda needs torch with CUDA: torch is not installed") from None
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda was asked for but no CUDA device is available (use --device auto or cpu)")
+
+
+def _input_bytes(path) -> int:
+    """Size of an input file, or of the files of an input folder (links not followed)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _claim(args, inputs=(), needed_bytes: int = 0):
+    """The claimed output folder of a command (see output_folder); ``needed_bytes``: free space asked for."""
+    from .pipeline import VERSION
+    command = " ".join(["strokelesion"] + [str(a) for a in sys.argv[1:]]) if sys.argv else "strokelesion"
+    return claimed_output(args.out, args.overwrite, inputs=[i for i in inputs if i is not None],
+                          command=command, needed_bytes=needed_bytes, version=VERSION)
+
+
+def _needed_for(path) -> int:
+    """Free space asked for the outputs of one CTP input: half its size (the maps of a series take about a
+    quarter of its frames), and 16 MB at least."""
+    return (16 << 20) + _input_bytes(path) // 2
+
+
 def _options(args):
     """The RunOptions of the command line; a lesion model's weights are checked here, before any work."""
     from .pipeline import RunOptions
+    _check_device(getattr(args, "device", None))
     options = RunOptions(aif=getattr(args, "aif", "aifnet"), method=args.method,
                          thresholds=Thresholds(args.core_rcbf, args.tmax, args.min_island_ml),
                          smooth_mm=args.smooth_mm, device=args.device,
@@ -71,20 +156,18 @@ def _options(args):
     return options
 
 
-def _run_and_write(series, options, out, overwrite, source, note="", extra_report=None, stage_hook=None):
+def _run_and_write(series, options, stage, source, note="", extra_report=None):
+    """Runs the case and writes its outputs into ``stage`` (a claimed output folder); ``extra_report``:
+    optional callable(result) -> dict of more report.json sections."""
     from .pipeline import report_dict, run_case, write_outputs
-    check_free(out, overwrite)
     with _progress_bar("maps") as progress:
         result = run_case(series, options, progress=progress)
     report = report_dict(result, source)
     if note:
         report["input"]["note"] = note
-    with staged_folder(out, overwrite) as stage:
-        if stage_hook is not None:
-            report.update(stage_hook(stage, result) or {})
-        if extra_report:
-            report.update(extra_report)
-        write_outputs(result, stage, report)
+    if extra_report is not None:
+        report.update(extra_report(result))
+    write_outputs(result, stage.path, report)
     return result, report
 
 
@@ -96,7 +179,7 @@ def _print_volumes(report):
     flags = [k for k, on in report["aif"]["quality_flags"].items() if on]
     if flags:
         print("AIF quality flags: " + ", ".join(flags))
-    for w in report["aif"]["warnings"]:
+    for w in report["warnings"]:
         print("warning: " + w)
 
 
@@ -109,6 +192,11 @@ def _check_scene(args):
         raise InputError(f"--scene must name a Slicer scene bundle ending in .mrb, got {scene.name}")
     if scene.exists() and not args.overwrite:
         raise InputError(f"scene bundle {scene} already exists: choose another name or pass --overwrite")
+    if scene.exists() and not scene.is_file():
+        raise InputError(f"--scene {scene} exists and is not a file")
+    out = Path(args.out).expanduser().resolve()
+    if out in scene.expanduser().resolve().parents:
+        raise InputError(f"--scene {scene} lies inside --out {args.out}: write the bundle beside the folder")
     import importlib.util
     if importlib.util.find_spec("slicer") is None:
         raise InputError("--scene needs slicer-core: pip install slicer-core")
@@ -126,10 +214,12 @@ def _write_scene(args, result):
 def cmd_run(args):
     _check_scene(args)
     options = _options(args)
-    series, note = load_series(args.ctp, args.dt)
-    if args.mask:
-        options.brain_mask = _load_mask(args.mask, series)
-    result, report = _run_and_write(series, options, args.out, args.overwrite, str(args.ctp), note)
+    aif_file = None if args.aif in ("aifnet", "classic") else args.aif
+    with _claim(args, [args.ctp, args.mask, aif_file], _needed_for(args.ctp)) as stage:
+        series, note = load_series(args.ctp, args.dt, args.series)
+        if args.mask:
+            options.brain_mask = _load_mask(args.mask, series)
+        result, report = _run_and_write(series, options, stage, str(args.ctp), note)
     _print_volumes(report)
     if result.lesion is not None:
         print(f"lesion ({options.lesion_model}) {report['volumes_ml']['lesion_ml']:.1f} ml")
@@ -142,14 +232,14 @@ def _segment_inputs(args):
     """(inputs for lesion_models.segment, geometry, report 'input' section) from the command line."""
     from .lesion_models import read_image_3d
     if args.model != "pseudodwi":
-        for flag, value in (("--maps", args.maps), ("--dt", args.dt)):
+        for flag, value in (("--maps", args.maps), ("--dt", args.dt), ("--series", args.series)):
             if value is not None:
                 raise InputError(f"{flag} is for --model pseudodwi only")
         image, geometry = read_image_3d(args.image, args.model)
         inputs = {"ncct" if args.model == "sean" else "t1": image, "spacing_xyz": geometry.spacing_mm}
         return inputs, geometry, {"source": str(args.image), "shape_zyx": list(image.shape),
                                   "spacing_mm": list(geometry.spacing_mm)}
-    series, note = load_series(args.image, args.dt)
+    series, note = load_series(args.image, args.dt, args.series)
     inputs = {"series": series}
     if args.maps is not None:
         inputs.update(_read_maps_folder(args.maps, series))
@@ -189,22 +279,20 @@ def _read_maps_folder(folder, series):
 
 def cmd_segment(args):
     import time
-    from AIFSelectorLib.model_weights import resolve_device
     from .lesion_models import check_weights, segment
     from .pipeline import VERSION, write_json, write_lesion_outputs
     t0 = time.perf_counter()
-    check_free(args.out, args.overwrite)
-    resolve_device(args.device)  # fail before any work: no CUDA for --device cuda,
+    _check_device(args.device)  # fail before any work: no CUDA for --device cuda,
     check_weights(args.model)  # missing or corrupted weights
-    inputs, geometry, input_section = _segment_inputs(args)
-    t_load = time.perf_counter() - t0
-    mask, extras, info = segment(args.model, inputs, device=args.device)
-    info["timings_s"] = {"load": round(t_load, 3), **info["timings_s"],
-                         "total": round(time.perf_counter() - t0, 3)}
-    report = {"strokelesion_version": VERSION, "input": input_section, "lesion_ml": info["lesion_ml"],
-              "lesion_model": info}
-    with staged_folder(args.out, args.overwrite) as stage:
-        write_lesion_outputs(stage, mask, extras, geometry)
+    with _claim(args, [args.image, args.maps], _needed_for(args.image)) as stage:
+        inputs, geometry, input_section = _segment_inputs(args)
+        t_load = time.perf_counter() - t0
+        mask, extras, info = segment(args.model, inputs, device=args.device)
+        info["timings_s"] = {"load": round(t_load, 3), **info["timings_s"],
+                             "total": round(time.perf_counter() - t0, 3)}
+        report = {"strokelesion_version": VERSION, "input": input_section, "lesion_ml": info["lesion_ml"],
+                  "lesion_model": info}
+        write_lesion_outputs(stage.path, mask, extras, geometry)
         write_json(stage / "report.json", report)
     print(f"lesion ({args.model}) {info['lesion_ml']:.1f} ml")
     print(f"wrote {args.out}")
@@ -216,11 +304,11 @@ def cmd_aif(args):
     from AIFSelectorLib.perfusion_pipeline import prepare
     from AIFSelectorLib.volume_io import write_volume
     from .pipeline import select_input_functions, write_json
-    series, note = load_series(args.ctp, args.dt)
-    check_free(args.out, args.overwrite)
-    prepared = prepare(series)
-    f = select_input_functions(prepared, args.aif, args.device)
-    with staged_folder(args.out, args.overwrite) as stage:
+    _check_device(args.device)
+    with _claim(args, [args.ctp], _needed_for(args.ctp)) as stage:
+        series, note = load_series(args.ctp, args.dt, args.series)
+        prepared = prepare(series)
+        f = select_input_functions(prepared, args.aif, args.device)
         aif_csv.write_aif_csv(stage / "aif.csv", f.times_s, f.aif_hu, f.vof_hu)
         write_volume(stage / "aif_pvol.nii.gz", f.aif_pvol, series.geometry)
         if f.vof_pvol is not None:
@@ -235,13 +323,16 @@ def cmd_aif(args):
     return 0
 
 
+PHANTOM_BYTES = 200 << 20
+"""Free space asked for a phantom folder (about 110 MB written) or a demo (phantom and results)."""
+
+
 def cmd_phantom(args):
     from AIFSelectorLib.phantom import make_phantom, write_phantom
-    check_free(args.out, args.overwrite)
-    case = make_phantom(seed=args.seed, noise_hu=args.noise_hu, lesion_variety=args.lesion_variety,
-                        head_rotation_max_deg=args.head_rotation_max)
-    with staged_folder(args.out, args.overwrite) as stage:
-        write_phantom(case, stage)
+    with _claim(args, needed_bytes=PHANTOM_BYTES) as stage:
+        case = make_phantom(seed=args.seed, noise_hu=args.noise_hu, lesion_variety=args.lesion_variety,
+                            head_rotation_max_deg=args.head_rotation_max)
+        write_phantom(case, stage.path)
     print(f"wrote phantom seed {args.seed} to {args.out}")
     return 0
 
@@ -249,28 +340,17 @@ def cmd_phantom(args):
 def cmd_demo(args):
     from AIFSelectorLib.phantom import make_phantom, write_phantom
     from .truth_comparison import compare_with_truth, format_comparison
-    check_free(args.out, args.overwrite)
     _check_scene(args)
     options = _options(args)
-    print(f"making the digital phantom (seed {args.seed}) ...")
-    case = make_phantom(seed=args.seed)
-    phantom_dir = Path(args.out).resolve().parent / f".{Path(args.out).name}.phantom-input"
-    try:
-        write_phantom(case, phantom_dir)
-        series, note = load_series(phantom_dir / "ctp.nii.gz")
-
-        def keep_phantom_and_compare(stage, result):
-            phantom_dir.rename(stage / "phantom")
-            return {"truth_comparison": compare_with_truth(result, case)}
-
-        result, report = _run_and_write(series, options, args.out, args.overwrite, "phantom/ctp.nii.gz",
-                                        note, stage_hook=keep_phantom_and_compare)
-    finally:
-        if phantom_dir.exists():
-            import shutil
-            shutil.rmtree(phantom_dir, ignore_errors=True)
+    with _claim(args, needed_bytes=2 * PHANTOM_BYTES) as stage:
+        print(f"making the digital phantom (seed {args.seed}) ...")
+        case = make_phantom(seed=args.seed)
+        write_phantom(case, stage / "phantom")  # the phantom lives in the output folder from the start
+        series, note = load_series(stage / "phantom" / "ctp.nii.gz")
+        result, report = _run_and_write(series, options, stage, "phantom/ctp.nii.gz", note,
+                                        lambda r: {"truth_comparison": compare_with_truth(r, case)})
     print(format_comparison(report["truth_comparison"]))
-    for w in report["aif"]["warnings"]:
+    for w in report["warnings"]:
         print("warning: " + w)
     print(f"wrote {args.out} (phantom and its truth in {Path(args.out) / 'phantom'})")
     _write_scene(args, result)
@@ -278,25 +358,31 @@ def cmd_demo(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="strokelesion", description=__doc__.splitlines()[0])
+    p = _Parser(prog="strokelesion", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     def common_out(sp):
-        sp.add_argument("--out", required=True, type=Path, help="output folder (must not exist)")
-        sp.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+        sp.add_argument("--out", required=True, type=Path,
+                        help="output folder: a new folder, not the current one nor one holding the input")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output folder that strokelesion wrote (never any other)")
 
     def common_ctp(sp):
         sp.add_argument("ctp", type=Path, help="4D NIfTI, .seq.nrrd, DICOM folder or ISLES 2018 case folder")
-        sp.add_argument("--dt", type=float, default=None, help="frame interval in seconds (overrides the file)")
+        sp.add_argument("--dt", type=_ranged("--dt"), default=None,
+                        help="frame interval in seconds, 0.05-60 (overrides the file)")
+        sp.add_argument("--series", default=None, metavar="UID",
+                        help="the DICOM Series Instance UID to read from a folder holding several series")
 
     def common_maps(sp):
         sp.add_argument("--method", choices=("osvd", "csvd", "tikhonov"), default="osvd")
-        sp.add_argument("--core-rcbf", type=float, default=Thresholds().core_rcbf,
+        sp.add_argument("--core-rcbf", type=_ranged("--core-rcbf"), default=Thresholds().core_rcbf,
                         help="core: rCBF below this fraction (0.38; 0.30 as RAPID)")
-        sp.add_argument("--tmax", type=float, default=Thresholds().tmax_s, help="Tmax threshold in seconds")
-        sp.add_argument("--min-island-ml", type=float, default=MIN_ISLAND_ML,
+        sp.add_argument("--tmax", type=_ranged("--tmax"), default=Thresholds().tmax_s,
+                        help="Tmax threshold in seconds (0.5-30)")
+        sp.add_argument("--min-island-ml", type=_ranged("--min-island-ml"), default=MIN_ISLAND_ML,
                         help="drop core/penumbra islands smaller than this (ml)")
-        sp.add_argument("--smooth-mm", type=float, default=DENOISE_SIGMA_MM,
+        sp.add_argument("--smooth-mm", type=_ranged("--smooth-mm"), default=DENOISE_SIGMA_MM,
                         help="in-plane scale (mm) of the edge-preserving denoising before deconvolution (0: none)")
         sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="run deconvolution with torch on this device (default: numpy)")
@@ -320,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "sean: NCCT in HU, xnet: T1 MRI (3D NIfTI/NRRD or DICOM folder)")
     sp.add_argument("--model", required=True, choices=MODELS, help="lesion model")
     common_out(sp)
-    sp.add_argument("--dt", type=float, default=None, help="pseudodwi: frame interval in seconds (overrides the file)")
+    sp.add_argument("--dt", type=_ranged("--dt"), default=None,
+                    help="pseudodwi: frame interval in seconds, 0.05-60 (overrides the file)")
+    sp.add_argument("--series", default=None, metavar="UID",
+                    help="the DICOM Series Instance UID to read from a folder holding several series")
     sp.add_argument("--maps", type=Path, default=None,
                     help="pseudodwi: folder with cbf/cbv/mtt/tmax.nii.gz (e.g. a `run` output); default: computed")
     sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
@@ -343,18 +432,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("phantom", help="a digital CTP phantom with its ground truth")
     common_out(sp)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--noise-hu", type=float, default=5.0, help="CT noise sigma per voxel and frame (HU)")
+    sp.add_argument("--seed", type=_ranged("--seed", integer=True), default=0)
+    sp.add_argument("--noise-hu", type=_ranged("--noise-hu"), default=5.0,
+                    help="CT noise sigma per voxel and frame (HU, 0-200)")
     sp.add_argument("--lesion-variety", action="store_true",
                     help="1-3 lesions of random site, size and shape, chronic T1 look (the lesion models' data)")
-    sp.add_argument("--head-rotation-max", type=float, default=8.0, metavar="DEG",
+    sp.add_argument("--head-rotation-max", type=_ranged("--head-rotation-max"), default=8.0, metavar="DEG",
                     help="in-plane head rotation drawn in +/- DEG (default 8)")
     sp.set_defaults(func=cmd_phantom)
 
     sp = sub.add_parser("demo", help="phantom -> whole pipeline -> results beside the truth")
     sp.add_argument("--out", type=Path, default=Path("strokelesion-demo"))
-    sp.add_argument("--overwrite", action="store_true")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace an existing output folder that strokelesion wrote (never any other)")
+    sp.add_argument("--seed", type=_ranged("--seed", integer=True), default=0)
     common_maps(sp)
     sp.add_argument("--aif", choices=("aifnet", "classic"), default="aifnet", help="AIF/VOF selector")
     sp.add_argument("--lesion-model", choices=("pseudodwi", "none"), default="pseudodwi",
@@ -364,16 +455,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    handlers = {}
+    if hasattr(signal, "SIGTERM"):
+        try:  # only the main thread may set handlers (main() called from a worker thread keeps them)
+            for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+                if sig is not None:
+                    handlers[sig] = signal.signal(sig, _terminate)
+        except ValueError:
+            pass
     try:
         return args.func(args)
     except InputError as e:
         print(f"strokelesion: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a failure while writing: full disk, file size limit, permissions
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"strokelesion: error: {e.strerror or e}{where} (nothing was installed)", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("strokelesion: error: out of memory (nothing was installed)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("strokelesion: interrupted", file=sys.stderr)
+        print("strokelesion: interrupted (nothing was installed)", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"strokelesion: terminated by signal {e.args[0]} (nothing was installed)", file=sys.stderr)
+        return 128 + int(e.args[0])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -89,8 +89,11 @@ def select_input_functions(prepared: PreparedSeries, aif: str = "aifnet",
         return select_classic(prepared.series, prepared.intracranial, prepared.baseline_hu,
                               prepared.peak_enh_hu)
     times, aif_hu, vof_hu = aif_csv.read_aif_csv(aif, times_s=prepared.series.times_s)
+    warnings = [] if vof_hu is not None else [
+        f"{Path(aif).name} has no vof_hu column: the AIF is not scaled to a venous output function (no "
+        f"partial-volume correction), so absolute CBF and CBV may be biased"]
     return InputFunctions(times_s=times, aif_hu=aif_hu, vof_hu=vof_hu, method="file",
-                          details={"file": str(aif)})
+                          details={"file": str(aif)}, warnings=warnings)
 
 
 def run_case(series: CTPSeries, options: RunOptions = RunOptions(), progress=None) -> CaseResult:
@@ -135,7 +138,7 @@ def report_dict(result: CaseResult, source: str = "") -> dict:
         "strokelesion_version": VERSION,
         "input": {"source": source, "shape_tzyx": list(series.data.shape),
                   "spacing_mm": list(series.geometry.spacing_mm), "frame_interval_s": series.dt_s,
-                  "duration_s": float(series.times_s[-1] - series.times_s[0])},
+                  "duration_s": float(series.times_s[-1] - series.times_s[0]), **series.source_info},
         "volumes_ml": result.volumes,
         "thresholds": asdict(result.options.thresholds),
         "aif": {"selector": f.method, "bolus_arrival_s": result.prepared.bolus.arrival_s,
@@ -148,6 +151,7 @@ def report_dict(result: CaseResult, source: str = "") -> dict:
                  "units": {"cbf": "ml/100g/min", "cbv": "ml/100g", "mtt": "s", "tmax": "s", "ttp": "s",
                            "rcbf": "fraction of control", "rcbv": "fraction of control"}},
         "models": dict(f.details.get("models", {})),
+        "warnings": list(result.prepared.warnings) + list(f.warnings),
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
     }
     if result.lesion is not None:
