@@ -19,7 +19,7 @@ import torch
 from .aifnet_model import AIFNet, AIFNetConfig, network_frames
 from .ctp_series import CTPSeries
 from .input_functions import InputFunctions
-from .model_weights import WeightsError, load_checkpoint, resolve_device
+from .model_weights import WeightsError, load_checkpoint, resolve_device, thread_invariant
 
 KINDS = ("aif", "vof")
 
@@ -164,8 +164,9 @@ def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Opt
     dev = resolve_device(device)
     aif_model, aif_info = load_model("aif", folder, dev)
     vof_model, vof_info = load_model("vof", folder, dev)
-    aif_pvol = predict_pvol(aif_model, series, dev)
-    vof_pvol = predict_pvol(vof_model, series, dev)
+    with thread_invariant(dev):
+        aif_pvol = predict_pvol(aif_model, series, dev)
+        vof_pvol = predict_pvol(vof_model, series, dev)
     aif_hu = dense_weighted_curve(series, aif_pvol)
     vof_raw = dense_weighted_curve(series, vof_pvol)
     ptb = peak_enh_hu if peak_enh_hu is not None else peak_to_baseline(series, n_baseline)
@@ -202,13 +203,15 @@ def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Opt
 
 def dense_weighted_curve(series: CTPSeries, pvol: np.ndarray) -> np.ndarray:
     """sum_v Pvol(v) CTP(t, v) (t,) HU, as input_functions.weighted_curve, for a softmax Pvol that is
-    positive everywhere (a plain matrix product per slab, no voxel selection)."""
+    positive everywhere (no voxel selection). Summed in float64 by numpy's pairwise reduction, not by a
+    BLAS product whose threads would change the order of the sum (and so the last bits)."""
     from .preprocessing import slabs
     out = np.zeros(series.n_frames)
     t = series.n_frames
-    for zs in slabs(series.shape_zyx, max_voxels=1 << 20):
-        block = series.data[:, zs].reshape(t, -1)
-        out += block.astype(np.float32, copy=False) @ pvol[zs].reshape(-1).astype(np.float32)
+    for zs in slabs(series.shape_zyx, max_voxels=1 << 18):
+        block = series.data[:, zs].reshape(t, -1).astype(np.float64)
+        block *= pvol[zs].reshape(1, -1)
+        out += block.sum(axis=1)
     return out
 
 

@@ -235,7 +235,9 @@ def segment(model: str, inputs: Dict[str, object], device: Optional[str] = "auto
         args = (image, spacing)
     function = inference_function(model)
     t0 = time.perf_counter()
-    mask, extras, info = function(*args, device=device, folder=folder)
+    from AIFSelectorLib.model_weights import resolve_device, thread_invariant
+    with thread_invariant(resolve_device(device)):
+        mask, extras, info = function(*args, device=device, folder=folder)
     timings["segmentation"] = time.perf_counter() - t0
     mask = np.asarray(mask).astype(bool)
     if mask.shape != tuple(shape):

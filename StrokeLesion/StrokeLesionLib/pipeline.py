@@ -153,12 +153,29 @@ def report_dict(result: CaseResult, source: str = "") -> dict:
         "models": dict(f.details.get("models", {})),
         "warnings": list(result.prepared.warnings) + list(f.warnings),
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
+        "threads": thread_report(),
     }
     if result.lesion is not None:
         report["volumes_ml"] = {**result.volumes, "lesion_ml": result.lesion_info["lesion_ml"]}
         report["lesion_model"] = dict(result.lesion_info)
         report["models"][result.options.lesion_model] = {k: v for k, v in result.lesion_info.items()
                                                           if k in ("version", "sha256", "file", "device")}
+    return report
+
+
+def thread_report() -> dict:
+    """The CPU threads of this run: the cores it may use, BLAS/OpenMP's setting, and the fixed torch thread
+    count of network inference (model_weights.INFERENCE_CPU_THREADS); the maps do not depend on them."""
+    import os
+    import sys
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:
+        available = os.cpu_count()
+    report = {"cpu_cores_available": available, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    if "torch" in sys.modules:
+        from AIFSelectorLib.model_weights import INFERENCE_CPU_THREADS
+        report["network_inference_cpu_threads"] = INFERENCE_CPU_THREADS
     return report
 
 
