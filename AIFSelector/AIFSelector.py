@@ -219,8 +219,10 @@ def runInBackground(widget, work, done, label):
 
 
 def ensurePythonDependencies():
-    """scipy and SimpleITK (bundled with recent Slicer); installs what is missing after asking."""
-    missing = [m for m in ("scipy", "SimpleITK") if importlib.util.find_spec(m) is None]
+    """scipy, SimpleITK and pynrrd (bundled with recent Slicer) and nibabel (the NIfTI reader); installs
+    what is missing after asking."""
+    packages = {"scipy": "scipy", "SimpleITK": "SimpleITK", "nrrd": "pynrrd", "nibabel": "nibabel"}
+    missing = [pip for module, pip in packages.items() if importlib.util.find_spec(module) is None]
     if not missing:
         return True
     if not slicer.util.confirmOkCancelDisplay(f"AIF Selector needs {', '.join(missing)}. Install now?"):

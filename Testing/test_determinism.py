@@ -23,7 +23,8 @@ def test_maps_are_bit_identical_with_one_and_two_threads(tmp_path, aif):
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
         out = tmp_path / f"t{threads}"
         run = subprocess.run([sys.executable, "-m", "StrokeLesionLib.cli", "run", str(ctp), "--aif", aif,
-                              "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+                              "--out", str(out)], env=env, capture_output=True, encoding="utf-8", errors="replace",
+                             timeout=600)
         assert run.returncode == 0, run.stderr
         outs[threads] = out
         report = json.loads((out / "report.json").read_text())

@@ -137,8 +137,8 @@ def test_short_write_installs_nothing(tmp_path):
     exit status 1, one line, no output folder, no staging folder."""
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000 * 1024, 20_000 * 1024))
-    run = subprocess.run(CLI + ["phantom", "--out", str(tmp_path / "ph")], capture_output=True, text=True,
-                         preexec_fn=limit, timeout=300)
+    run = subprocess.run(CLI + ["phantom", "--out", str(tmp_path / "ph")], capture_output=True, encoding="utf-8",
+                         errors="replace", preexec_fn=limit, timeout=300)
     err = run.stderr.strip()
     assert run.returncode == 1, err
     assert len(err.splitlines()) == 1 and err.startswith("strokelesion: error: ") and "too large" in err.lower(), err
@@ -150,8 +150,8 @@ def test_tiny_disk_mid_write_installs_nothing(tmp_path):
     asks for 200 MB; a 210 MB tmpfs filled to 120 MB leaves 90 MB): the write fails, nothing installed."""
     with tiny_mount(tmp_path / "disk", "210m") as disk:
         (disk / "filler").write_bytes(b"\0" * (120 << 20))
-        run = subprocess.run(CLI + ["phantom", "--out", str(disk / "ph")], capture_output=True, text=True,
-                             timeout=300)
+        run = subprocess.run(CLI + ["phantom", "--out", str(disk / "ph")], capture_output=True, encoding="utf-8",
+                             errors="replace", timeout=300)
         err = run.stderr.strip()
         if run.returncode == 2:  # the estimate already refused it: also correct, nothing written
             assert "not enough free space" in err, err
@@ -167,7 +167,7 @@ def test_two_runs_on_one_out(tmp_path):
     """Two runs to one --out at once: one completes, the other refuses with one line, nothing deleted."""
     out = tmp_path / "ph"
     procs = [subprocess.Popen(CLI + ["phantom", "--out", str(out), "--seed", str(s)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for s in (1, 2)]
+                              stderr=subprocess.PIPE, encoding="utf-8", errors="replace") for s in (1, 2)]
     results = [(p.wait(timeout=300), p.stderr.read().strip()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
@@ -180,7 +180,7 @@ def test_two_runs_on_one_out(tmp_path):
 
 
 def _start_and_kill(argv, sig, delay_s):
-    p = subprocess.Popen(CLI + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(CLI + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
     time.sleep(delay_s)
     p.send_signal(sig)
     code = p.wait(timeout=120)
@@ -230,7 +230,7 @@ def test_a_file_added_to_the_old_folder_during_overwrite_survives(tmp_path):
     out = tmp_path / "ph"
     assert subprocess.run(CLI + ["phantom", "--out", str(out)], capture_output=True, timeout=300).returncode == 0
     p = subprocess.Popen(CLI + ["phantom", "--out", str(out), "--seed", "3", "--overwrite"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
     time.sleep(2.0)
     (out / "reading.txt").write_text("a colleague's notes")
     code = p.wait(timeout=300)

@@ -44,7 +44,7 @@ TAG_ACQUISITION_DATE = "0008|0022"
 
 _ORIENTATION_TOL = 1e-3  # direction cosines that differ by less are the same orientation
 _SPACING_TOL_MM = 1e-3
-_SLICE_GAP_FACTOR = 1.5  # a gap between slice positions above this many times the median spacing is a hole
+_SLICE_GAP_FACTOR = 1.5  # a gap between slice positions above this many times the smallest spacing is a hole
 
 _POSITION_DECIMALS = 2  # slice positions equal to 0.01 mm are the same position
 
@@ -188,11 +188,11 @@ def _check_no_gap(positions: List[float], source: str) -> None:
     if len(positions) < 3:
         return
     gaps = np.diff(positions)
-    median = float(np.median(gaps))
+    step = float(gaps.min())
     worst = int(np.argmax(gaps))
-    if gaps[worst] > _SLICE_GAP_FACTOR * median:
+    if gaps[worst] > _SLICE_GAP_FACTOR * step:
         raise InputError(f"{source}: a slice is missing in every frame between positions {positions[worst]:g} and "
-                         f"{positions[worst + 1]:g} mm (gap {gaps[worst]:g} mm, slices {median:g} mm apart)")
+                         f"{positions[worst + 1]:g} mm (gap {gaps[worst]:g} mm, slices {step:g} mm apart)")
 
 
 def read_dicom_series(folder, dt_s: Optional[float] = None, files: Optional[Sequence[Path]] = None,

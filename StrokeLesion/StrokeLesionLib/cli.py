@@ -460,7 +460,10 @@ def _terminate(signum, frame):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad option (its one line is printed): a status, not an exit
+        return e.code if isinstance(e.code, int) else 2
     handlers = {}
     if hasattr(signal, "SIGTERM"):
         try:  # only the main thread may set handlers (main() called from a worker thread keeps them)

@@ -63,6 +63,8 @@ def check_target(out, inputs: Iterable = (), overwrite: bool = False) -> Path:
     folder without ``overwrite``, or a folder this tool did not write (or that holds files it did not)."""
     if out is None or str(out).strip() in ("", "."):
         raise InputError(f"--out {_display(out)}: name a new folder for the results, not the current folder")
+    if Path(out).expanduser().is_symlink():
+        raise InputError(f"--out {out} is a symbolic link: name a real folder")
     target = Path(out).expanduser().resolve()
     cwd = Path.cwd().resolve()
     if _is_within(cwd, target):
@@ -78,8 +80,8 @@ def check_target(out, inputs: Iterable = (), overwrite: bool = False) -> Path:
         if src.is_dir() and _is_within(target, src):
             raise InputError(f"--out {out} lies inside the input folder {source}: results go to a folder of "
                              f"their own")
-    if target.exists() or target.is_symlink():
-        if not target.is_dir() or target.is_symlink():
+    if target.exists():
+        if not target.is_dir():
             raise InputError(f"output path {out} exists and is not a folder: choose another name")
         if not overwrite:
             raise InputError(f"output folder {out} already exists: choose another or pass --overwrite")
