@@ -2,17 +2,13 @@
 and perfusion maps, as a 3D Slicer scripted module.
 
 Thin by design: the Widget wires the Qt Designer GUI (Resources/UI/AIFSelector.ui, parameter-node
-bindings) to the Logic; the Logic is AIFSelectorLib.aif_selector_logic.AIFSelectorLogic (GUI-free, tested
+bindings) to the Logic; the Logic is AIFSelectorLib.mrml.aif_selector_logic.AIFSelectorLogic (GUI-free, tested
 in CI on real MRML nodes from slicer-core). Long work runs in a worker thread with progress and Cancel.
 """
-import importlib
-import logging
 import os
-import threading
 from typing import Annotated, Optional
 
 import ctk
-import qt
 import vtk
 
 import slicer
@@ -23,7 +19,9 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLPlotChartNode,
                     vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, vtkMRMLTableNode)
 
-from AIFSelectorLib import aif_selector_logic as lib
+from AIFSelectorLib.gui.background import runInBackground
+from AIFSelectorLib.gui.installers import ensurePythonDependencies, ensureTorch
+from AIFSelectorLib.mrml import aif_selector_logic as lib
 
 P = lib.PARAMETERS
 
@@ -86,7 +84,7 @@ def registerSampleData():
 def loadPhantomSample(source=None, seed: int = 0):
     """Generates the digital phantom (8 x 256 x 256, 48 frames) and loads it as a volume sequence; the
     AIFSelector input is set to it. Returns [sequence node]."""
-    from AIFSelectorLib.phantom import make_phantom
+    from AIFSelectorLib.phantom.case import make_phantom
     with slicer.util.WaitCursor():
         case = make_phantom(seed=seed)
         logic = AIFSelectorLogic()
@@ -98,7 +96,7 @@ def loadPhantomSample(source=None, seed: int = 0):
 
 
 #
-# Parameter node (names and defaults shared with AIFSelectorLib.aif_selector_logic.PARAMETERS)
+# Parameter node (names and defaults shared with AIFSelectorLib.mrml.aif_selector_logic.PARAMETERS)
 #
 
 @parameterNodeWrapper
@@ -131,135 +129,6 @@ class AIFSelectorParameterNode:
     ttpVolume: vtkMRMLScalarVolumeNode
     rcbfVolume: vtkMRMLScalarVolumeNode
     rcbvVolume: vtkMRMLScalarVolumeNode
-
-
-#
-# Background work with progress and Cancel
-#
-
-class BackgroundTask:
-    """Runs ``work(progress)`` (pure numpy, no MRML or Qt) in a worker thread and polls it with a QTimer,
-    so the GUI never freezes; ``done(task)`` runs on the main thread with ``task.result`` or ``task.error``.
-    ``progress(fraction, message)`` raises Cancelled once ``cancel()`` was called."""
-
-    def __init__(self, work, done, label, progressBar=None, statusLabel=None):
-        self.work, self.done, self.label = work, done, label
-        self.progressBar, self.statusLabel = progressBar, statusLabel
-        self.fraction, self.message = 0.0, label
-        self.result, self.error = None, None
-        self._cancelled = False
-        self._thread = threading.Thread(target=self._run, name=f"StrokeLesion: {label}", daemon=True)
-        self._timer = qt.QTimer()
-        self._timer.setInterval(100)
-        self._timer.connect("timeout()", self._poll)
-
-    def progress(self, fraction, message=""):
-        if self._cancelled:
-            raise lib.Cancelled()
-        self.fraction = float(fraction)
-        if message:
-            self.message = message
-
-    def cancel(self):
-        self._cancelled = True
-
-    @property
-    def running(self):
-        return self._thread.is_alive() or self._timer.isActive()
-
-    def start(self):
-        self._thread.start()
-        self._timer.start()
-        self._poll()
-
-    def _run(self):
-        try:
-            self.result = self.work(self.progress)
-        except BaseException as e:  # noqa: BLE001 - reported on the main thread
-            self.error = e
-
-    def _poll(self):
-        if self.progressBar is not None:
-            self.progressBar.setValue(int(round(100 * self.fraction)))
-            self.progressBar.setFormat(f"{self.label}: {self.message} %p%")
-        if self._thread.is_alive():
-            return
-        self._timer.stop()
-        self.done(self)
-
-
-def runInBackground(widget, work, done, label):
-    """Starts a BackgroundTask with the widget's progress bar and Cancel button; refuses a second one."""
-    task = getattr(widget, "_task", None)
-    if task is not None and task.running:
-        slicer.util.warningDisplay("Wait for the running computation to finish, or cancel it.")
-        return None
-
-    def finished(t):
-        widget.ui.progressBar.setVisible(False)
-        widget.ui.cancelButton.setVisible(False)
-        widget._setBusy(False)
-        if isinstance(t.error, lib.Cancelled):
-            widget.ui.statusLabel.setText(f"{label}: cancelled")
-            return
-        if t.error is not None:
-            logging.error("%s failed: %s", label, t.error, exc_info=t.error)
-            slicer.util.errorDisplay(f"{label} failed: {t.error}")
-            return
-        with slicer.util.tryWithErrorDisplay(f"{label} failed.", waitCursor=True):
-            done(t)
-
-    widget.ui.progressBar.setValue(0)
-    widget.ui.progressBar.setVisible(True)
-    widget.ui.cancelButton.setVisible(True)
-    widget._setBusy(True)
-    widget._task = BackgroundTask(work, finished, label, widget.ui.progressBar, widget.ui.statusLabel)
-    widget._task.start()
-    return widget._task
-
-
-def ensurePythonDependencies():
-    """scipy, SimpleITK and pynrrd (bundled with recent Slicer) and nibabel (the NIfTI reader); installs
-    what is missing after asking."""
-    packages = {"scipy": "scipy", "SimpleITK": "SimpleITK", "nrrd": "pynrrd", "nibabel": "nibabel"}
-    missing = [pip for module, pip in packages.items() if importlib.util.find_spec(module) is None]
-    if not missing:
-        return True
-    if not slicer.util.confirmOkCancelDisplay(f"AIF Selector needs {', '.join(missing)}. Install now?"):
-        return False
-    with slicer.util.WaitCursor():
-        for m in missing:
-            slicer.util.pip_install(m)
-    importlib.invalidate_caches()
-    return True
-
-
-def ensureTorch(required: bool) -> bool:
-    """PyTorch for AIFNet, installed on first use through the PyTorch extension after a confirmation.
-    Returns True when torch can be imported; False means: use the classic selector (or stop, if required)."""
-    if lib.torch_available():
-        return True
-    question = ("AIFNet needs PyTorch, which is not installed. Install it now through the PyTorch extension "
-                "(a large download; CUDA is used when present)?")
-    if not required:
-        question += "\n\nCancel uses the classic AIF selector instead."
-    if not slicer.util.confirmOkCancelDisplay(question, windowTitle="AIF Selector"):
-        return False
-    try:
-        import PyTorchUtils
-    except ImportError:
-        slicer.util.errorDisplay("Install the 'PyTorch' extension from the Extensions Manager, restart Slicer, "
-                                 "and select the AIF again.")
-        return False
-    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if not torchLogic.torchInstalled():
-        with slicer.util.WaitCursor():
-            torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.0")
-        if torch is None:
-            slicer.util.errorDisplay("PyTorch could not be installed; the classic selector will be used.")
-            return False
-    importlib.invalidate_caches()
-    return lib.torch_available()
 
 
 #
@@ -399,7 +268,7 @@ class AIFSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = os.path.basename(path.rstrip("/\\")).split(".")[0] or "CTP"
 
         def work(progress):
-            from AIFSelectorLib.ctp_io import load_ctp
+            from AIFSelectorLib.io.ctp_io import load_ctp
             progress(0.1, "reading")
             return load_ctp(path, dt_s=dt)
 
@@ -417,10 +286,8 @@ class AIFSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Cannot read the CTP series.", waitCursor=True):
             series = self.logic.inputSeries()
         selector = self._parameterNode.selector
-        if selector in ("auto", "aifnet") and not ensureTorch(required=(selector == "aifnet")):
-            if selector == "aifnet":
-                return
-            selector = "classic"
+        if selector == "aifnet":
+            ensureTorch(required=False)  # declined or failed: the one policy falls back to the classic selector
         device = self.logic.device()
         logic = self.logic
 
@@ -492,7 +359,7 @@ class AIFSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 class AIFSelectorLogic(ScriptedLoadableModuleLogic, lib.AIFSelectorLogic):
-    """The module Logic: AIFSelectorLib.aif_selector_logic.AIFSelectorLogic on slicer.mrmlScene (or the
+    """The module Logic: AIFSelectorLib.mrml.aif_selector_logic.AIFSelectorLogic on slicer.mrmlScene (or the
     given scene), with the typed parameter node of this module. See docs/slicer.md for scripting."""
 
     def __init__(self, scene=None):
@@ -519,8 +386,8 @@ class AIFSelectorTest(ScriptedLoadableModuleTest):
 
     def test_AIFSelector_workflow(self):
         import numpy as np
-        from AIFSelectorLib import mrml_conversion as mc
-        from AIFSelectorLib.phantom import make_phantom
+        from AIFSelectorLib.mrml import conversion as mc
+        from AIFSelectorLib.phantom.case import make_phantom
 
         self.delayDisplay("Making a small phantom")
         case = make_phantom(seed=3, shape_zyx=(4, 64, 64), n_frames=30)

@@ -3,7 +3,7 @@ model, and one editable segmentation (Core, Penumbra, Lesion (model)) with a tab
 3D Slicer scripted module.
 
 Thin by design: the Widget wires the Qt Designer GUI (Resources/UI/StrokeLesion.ui, parameter-node
-bindings) to the Logic, StrokeLesionLib.stroke_lesion_logic.StrokeLesionLogic (GUI-free, tested in CI on
+bindings) to the Logic, StrokeLesionLib.mrml.stroke_lesion_logic.StrokeLesionLogic (GUI-free, tested in CI on
 real MRML nodes from slicer-core). Depends on the AIF Selector module, never the reverse.
 """
 from typing import Annotated, Optional
@@ -19,7 +19,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,
                     vtkMRMLSequenceNode, vtkMRMLTableNode)
 
-from StrokeLesionLib import stroke_lesion_logic as lib
+from StrokeLesionLib.mrml import stroke_lesion_logic as lib
 
 P = lib.PARAMETERS
 
@@ -51,7 +51,7 @@ Wang et al., Medical Image Analysis 2020.
 
 
 #
-# Parameter node (names and defaults shared with StrokeLesionLib.stroke_lesion_logic.PARAMETERS)
+# Parameter node (names and defaults shared with StrokeLesionLib.mrml.stroke_lesion_logic.PARAMETERS)
 #
 
 @parameterNodeWrapper
@@ -251,7 +251,8 @@ class StrokeLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay("Cannot create the segments.", waitCursor=True):
                 finish(None)
             return
-        from AIFSelector import ensureTorch, runInBackground
+        from AIFSelectorLib.gui.background import runInBackground
+        from AIFSelectorLib.gui.installers import ensureTorch
         if not ensureTorch(required=True):
             return
         with slicer.util.tryWithErrorDisplay("Cannot read the model inputs.", waitCursor=True):
@@ -284,7 +285,7 @@ class StrokeLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 class StrokeLesionLogic(ScriptedLoadableModuleLogic, lib.StrokeLesionLogic):
-    """The module Logic: StrokeLesionLib.stroke_lesion_logic.StrokeLesionLogic on slicer.mrmlScene (or the
+    """The module Logic: StrokeLesionLib.mrml.stroke_lesion_logic.StrokeLesionLogic on slicer.mrmlScene (or the
     given scene), with the typed parameter node of this module. See docs/slicer.md for scripting."""
 
     def __init__(self, scene=None):
@@ -311,12 +312,12 @@ class StrokeLesionTest(ScriptedLoadableModuleTest):
 
     def test_StrokeLesion_workflow(self):
         import numpy as np
-        from AIFSelector import AIFSelectorLogic
-        from AIFSelectorLib.phantom import make_phantom
+        from AIFSelectorLib.mrml.aif_selector_logic import AIFSelectorLogic
+        from AIFSelectorLib.phantom.case import make_phantom
 
         self.delayDisplay("Phantom, AIF and maps")
         case = make_phantom(seed=3, shape_zyx=(4, 64, 64), n_frames=30)
-        aif = AIFSelectorLogic()
+        aif = AIFSelectorLogic(slicer.mrmlScene)
         aif.addSeries(case.series, "Phantom CTP")
         aif.selectInputFunctions("classic")
         aif.computeMaps()

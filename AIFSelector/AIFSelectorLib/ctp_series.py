@@ -10,8 +10,8 @@ from typing import Tuple
 
 import numpy as np
 
-from .constants import MIN_FRAMES
-from .errors import InputError
+from AIFSelectorLib.constants import MIN_FRAMES
+from AIFSelectorLib.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -110,3 +110,13 @@ def _all_finite(a: np.ndarray, chunk: int = 1 << 24) -> bool:
     """np.isfinite(a).all() without a full-size boolean temporary."""
     flat = a.reshape(-1)
     return all(np.isfinite(flat[i:i + chunk]).all() for i in range(0, flat.size, chunk))
+
+
+def make_series(data: np.ndarray, times_s, geometry: VolumeGeometry, source: str) -> CTPSeries:
+    """CTPSeries(data, times_s, geometry) whose InputErrors name ``source`` (the file or folder)."""
+    if data.ndim == 4 and data.shape[0] == 1:
+        raise InputError(f"{source} is a 3D volume (one time frame), not a 4D CT perfusion series")
+    try:
+        return CTPSeries(data, times_s, geometry)
+    except InputError as e:
+        raise InputError(f"{source}: {e}") from None

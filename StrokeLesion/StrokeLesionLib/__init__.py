@@ -1,3 +1,3 @@
-"""GUI-free science of the StrokeLesion module: core/penumbra decision, volumes, the whole-case pipeline,
-its command line and report, and (as they land) the deep lesion models. Depends on AIFSelectorLib,
-never the reverse."""
+"""The whole case on the engine (AIFSelectorLib): orchestration and outputs (``case``), the deep lesion
+models (``lesion_models``), their metrics, the StrokeLesion module's Logic (``mrml``) and the command line.
+Depends on AIFSelectorLib, never the reverse."""

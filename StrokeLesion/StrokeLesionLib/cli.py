@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM
-from AIFSelectorLib.ctp_io import PLAUSIBLE_DT_S
+from AIFSelectorLib.io.time_grid import PLAUSIBLE_DT_S
 from AIFSelectorLib.errors import InputError
 
-from .lesion_models import MODELS
-from .lesion_thresholds import MIN_ISLAND_ML, Thresholds
-from .output_folder import Terminated, claimed_output
+from StrokeLesionLib.lesion_models.checks import MODELS
+from AIFSelectorLib.thresholds.decision import MIN_ISLAND_ML, Thresholds
+from StrokeLesionLib.case.output_folder import Terminated, claimed_output
 
 OPTION_RANGES = {
     "--dt": PLAUSIBLE_DT_S,
@@ -86,7 +86,8 @@ def _progress_bar(desc: str):
 def load_series(path, dt_s=None, series_uid=None):
     """A CTP series from any supported input, resampled to a uniform grid when its frames are irregular.
     Returns (series, note) where note says what was resampled, or ''."""
-    from AIFSelectorLib.ctp_io import load_ctp, resample_uniform
+    from AIFSelectorLib.io.ctp_io import load_ctp
+    from AIFSelectorLib.io.time_grid import resample_uniform
     series = load_ctp(path, dt_s=dt_s, series_uid=series_uid)
     if series.is_uniform:
         return series, ""
@@ -95,7 +96,7 @@ def load_series(path, dt_s=None, series_uid=None):
 
 
 def _load_mask(path, series):
-    from AIFSelectorLib.volume_io import read_volume
+    from AIFSelectorLib.io.volume_io import read_volume
     mask, geometry = read_volume(path)
     if mask.shape != series.shape_zyx or not geometry.matches(series.geometry):
         raise InputError(f"the mask {Path(path).name} has another geometry than the series "
@@ -130,7 +131,7 @@ def _input_bytes(path) -> int:
 
 def _claim(args, inputs=(), needed_bytes: int = 0):
     """The claimed output folder of a command (see output_folder); ``needed_bytes``: free space asked for."""
-    from .pipeline import VERSION
+    from StrokeLesionLib.case.pipeline import VERSION
     command = " ".join(["strokelesion"] + [str(a) for a in sys.argv[1:]]) if sys.argv else "strokelesion"
     return claimed_output(args.out, args.overwrite, inputs=[i for i in inputs if i is not None],
                           command=command, needed_bytes=needed_bytes, version=VERSION)
@@ -144,14 +145,14 @@ def _needed_for(path) -> int:
 
 def _options(args):
     """The RunOptions of the command line; a lesion model's weights are checked here, before any work."""
-    from .pipeline import RunOptions
+    from StrokeLesionLib.case.pipeline import RunOptions
     _check_device(getattr(args, "device", None))
     options = RunOptions(aif=getattr(args, "aif", "aifnet"), method=args.method,
                          thresholds=Thresholds(args.core_rcbf, args.tmax, args.min_island_ml),
                          smooth_mm=args.smooth_mm, device=args.device,
                          lesion_model=getattr(args, "lesion_model", "none"))
     if options.lesion_model != "none":
-        from .lesion_models import check_weights
+        from StrokeLesionLib.lesion_models.registry import check_weights
         check_weights(options.lesion_model)
     return options
 
@@ -159,7 +160,7 @@ def _options(args):
 def _run_and_write(series, options, stage, source, note="", extra_report=None):
     """Runs the case and writes its outputs into ``stage`` (a claimed output folder); ``extra_report``:
     optional callable(result) -> dict of more report.json sections."""
-    from .pipeline import report_dict, run_case, write_outputs
+    from StrokeLesionLib.case.pipeline import report_dict, run_case, write_outputs
     with _progress_bar("maps") as progress:
         result = run_case(series, options, progress=progress)
     report = report_dict(result, source)
@@ -206,7 +207,7 @@ def _write_scene(args, result):
     """Writes the --scene bundle (atomically) after the run; imports slicer only here."""
     if getattr(args, "scene", None) is None:
         return
-    from .scene_bundle import write_scene_bundle
+    from StrokeLesionLib.mrml.scene_bundle import write_scene_bundle
     write_scene_bundle(result, args.scene)
     print(f"wrote {args.scene}")
 
@@ -230,7 +231,7 @@ def cmd_run(args):
 
 def _segment_inputs(args):
     """(inputs for lesion_models.segment, geometry, report 'input' section) from the command line."""
-    from .lesion_models import read_image_3d
+    from StrokeLesionLib.lesion_models.checks import read_image_3d
     if args.model != "pseudodwi":
         for flag, value in (("--maps", args.maps), ("--dt", args.dt), ("--series", args.series)):
             if value is not None:
@@ -253,8 +254,8 @@ def _segment_inputs(args):
 
 def _read_maps_folder(folder, series):
     """--maps DIR: cbf/cbv/mtt/tmax.nii.gz (and brain_mask.nii.gz when there), e.g. a `run` output folder."""
-    from AIFSelectorLib.volume_io import read_volume
-    from .lesion_models import MAP_KEYS
+    from AIFSelectorLib.io.volume_io import read_volume
+    from StrokeLesionLib.lesion_models.checks import MAP_KEYS
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"--maps {folder}: not a folder")
@@ -279,8 +280,8 @@ def _read_maps_folder(folder, series):
 
 def cmd_segment(args):
     import time
-    from .lesion_models import check_weights, segment
-    from .pipeline import VERSION, write_json, write_lesion_outputs
+    from StrokeLesionLib.lesion_models.registry import check_weights, segment
+    from StrokeLesionLib.case.pipeline import VERSION, write_json, write_lesion_outputs
     t0 = time.perf_counter()
     _check_device(args.device)  # fail before any work: no CUDA for --device cuda,
     check_weights(args.model)  # missing or corrupted weights
@@ -300,10 +301,11 @@ def cmd_segment(args):
 
 
 def cmd_aif(args):
-    from AIFSelectorLib import aif_csv
-    from AIFSelectorLib.perfusion_pipeline import prepare
-    from AIFSelectorLib.volume_io import write_volume
-    from .pipeline import select_input_functions, write_json
+    from AIFSelectorLib.io import aif_csv
+    from AIFSelectorLib.prepare.prepared import prepare
+    from AIFSelectorLib.io.volume_io import write_volume
+    from AIFSelectorLib.input_functions.policy import select_input_functions
+    from StrokeLesionLib.case.pipeline import write_json
     _check_device(args.device)
     with _claim(args, [args.ctp], _needed_for(args.ctp)) as stage:
         series, note = load_series(args.ctp, args.dt, args.series)
@@ -328,7 +330,7 @@ PHANTOM_BYTES = 200 << 20
 
 
 def cmd_phantom(args):
-    from AIFSelectorLib.phantom import make_phantom, write_phantom
+    from AIFSelectorLib.phantom.case import make_phantom, write_phantom
     with _claim(args, needed_bytes=PHANTOM_BYTES) as stage:
         case = make_phantom(seed=args.seed, noise_hu=args.noise_hu, lesion_variety=args.lesion_variety,
                             head_rotation_max_deg=args.head_rotation_max)
@@ -338,8 +340,8 @@ def cmd_phantom(args):
 
 
 def cmd_demo(args):
-    from AIFSelectorLib.phantom import make_phantom, write_phantom
-    from .truth_comparison import compare_with_truth, format_comparison
+    from AIFSelectorLib.phantom.case import make_phantom, write_phantom
+    from StrokeLesionLib.case.truth_comparison import compare_with_truth, format_comparison
     _check_scene(args)
     options = _options(args)
     with _claim(args, needed_bytes=2 * PHANTOM_BYTES) as stage:

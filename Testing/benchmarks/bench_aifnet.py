@@ -13,9 +13,10 @@ import time
 import numpy as np
 import torch
 
-from AIFSelectorLib import aifnet_inference as inf
-from AIFSelectorLib.aifnet_model import AIFNet, AIFNetConfig, count_parameters, macs_per_voxel
-from AIFSelectorLib.ctp_io import series_from_array
+from AIFSelectorLib.input_functions.aifnet import inference as inf
+from AIFSelectorLib.input_functions.aifnet.model import AIFNet, AIFNetConfig, macs_per_voxel
+from AIFSelectorLib.models.blocks import count_parameters
+from AIFSelectorLib.io.ctp_io import series_from_array
 
 
 def main():

@@ -1,4 +1,4 @@
-"""Benchmark of :func:`AIFSelectorLib.deconvolution.deconvolve` (a script, not collected by pytest).
+"""Benchmark of :func:`AIFSelectorLib.deconvolution.methods.deconvolve` (a script, not collected by pytest).
 
 Curves: 256 x 256 x 16 voxels x 0.5 (a brain mask's share) = 524288 tissue curves x 48 frames float32 at 1 s,
 made from a gamma-variate AIF with recirculation (peak 300 HU) and exponential / gamma residues (CBF 10-70
@@ -17,7 +17,7 @@ import tracemalloc
 import numpy as np
 from scipy.linalg import circulant
 
-from AIFSelectorLib.deconvolution import METHODS, deconvolve
+from AIFSelectorLib.deconvolution.methods import METHODS, deconvolve
 
 FRAMES, DT_S = 48, 1.0
 FULL_VOXELS = 256 * 256 * 16

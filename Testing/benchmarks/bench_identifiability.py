@@ -24,12 +24,12 @@ import time
 
 import numpy as np
 
-from AIFSelectorLib import phantom_curves as pc
+from AIFSelectorLib.phantom import curves as pc
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM, K_H, TISSUE_DENSITY_G_PER_ML
-from AIFSelectorLib.perfusion_pipeline import prepare
-from AIFSelectorLib.phantom import make_phantom
-from AIFSelectorLib.phantom_anatomy import GM
-from AIFSelectorLib.preprocessing import enhancement
+from AIFSelectorLib.prepare.prepared import prepare
+from AIFSelectorLib.phantom.case import make_phantom
+from AIFSelectorLib.phantom.anatomy import GM
+from AIFSelectorLib.prepare.preprocessing import enhancement
 
 REFERENCE = dict(mtt_s=4.5, cbf=60.0, delay_s=0.3, dispersions_s=(0.0, 0.5))
 ALTERNATIVE_FAMILIES = (("exponential", 0.0), ("gamma", 1.5), ("gamma", 2.0), ("gamma", 3.0), ("gamma", 4.0),

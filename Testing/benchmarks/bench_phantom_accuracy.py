@@ -11,7 +11,7 @@ For each seed (ISLES-like default size) and method, two conditions:
   maximum and moves it late) and the phantom's dispersion (the tissue sees F (h_disp (x) R), whose maximum
   is below F).
 - ``noise 5, smooth 3``: the default phantom noise (5 HU) and the pipeline's default denoising (3 mm,
-  :mod:`AIFSelectorLib.denoising`), i.e. what Testing/test_phantom_accuracy.py measures.
+  :mod:`AIFSelectorLib.prepare.denoising`), i.e. what Testing/maps/test_phantom_accuracy.py measures.
 
 Prints, per row, the residue shape the seed drew, the median signed errors in healthy grey and white matter
 (CBF, CBV, MTT relative; Tmax in seconds) and the core and penumbra Dice, then which rows meet the
@@ -21,11 +21,12 @@ import argparse
 import time
 
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM
-from AIFSelectorLib.input_functions import InputFunctions
-from AIFSelectorLib.perfusion_pipeline import compute_maps, prepare
-from AIFSelectorLib.phantom import make_phantom
-from StrokeLesionLib.lesion_thresholds import decide
-from StrokeLesionLib.truth_comparison import dice, healthy_tissue_errors
+from AIFSelectorLib.input_functions.functions import InputFunctions
+from AIFSelectorLib.maps.compute import compute_maps
+from AIFSelectorLib.prepare.prepared import prepare
+from AIFSelectorLib.phantom.case import make_phantom
+from AIFSelectorLib.thresholds.decision import decide
+from StrokeLesionLib.case.truth_comparison import dice, healthy_tissue_errors
 
 CONDITIONS = ((0.0, 0.0), (5.0, DENOISE_SIGMA_MM))
 """(noise SD [HU], denoising scale [mm]; 0: raw curves)."""

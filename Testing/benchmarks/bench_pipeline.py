@@ -39,7 +39,7 @@ def _case(shape_zyx, n_frames, seed=0):
     """A phantom series of the given size, int16 HU; large sizes tile a 16-slice phantom along z and
     upsample it in-plane (the physics of each voxel stays that of the phantom)."""
     from AIFSelectorLib.ctp_series import CTPSeries, VolumeGeometry
-    from AIFSelectorLib.phantom import make_phantom
+    from AIFSelectorLib.phantom.case import make_phantom
     nz, ny, nx = shape_zyx
     base_shape = (min(nz, 16), min(ny, 256), min(nx, 256))
     case = make_phantom(seed=seed, shape_zyx=base_shape, n_frames=n_frames)
@@ -59,9 +59,10 @@ def _case(shape_zyx, n_frames, seed=0):
 
 def _measure(kind, shape_zyx, n_frames, queue):
     from AIFSelectorLib.constants import DENOISE_SIGMA_MM
-    from AIFSelectorLib.input_functions import InputFunctions
-    from AIFSelectorLib.perfusion_pipeline import compute_maps, prepare
-    from StrokeLesionLib.pipeline import RunOptions, run_case
+    from AIFSelectorLib.input_functions.functions import InputFunctions
+    from AIFSelectorLib.maps.compute import compute_maps
+    from AIFSelectorLib.prepare.prepared import prepare
+    from StrokeLesionLib.case.pipeline import RunOptions, run_case
     import torch  # noqa: F401  (imported before the baseline so its libraries don't count as our memory)
     series = _case(shape_zyx, n_frames)
     before = _status_mb("VmRSS")

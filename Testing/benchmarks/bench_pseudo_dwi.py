@@ -27,9 +27,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    from AIFSelectorLib.phantom import make_phantom
-    from StrokeLesionLib.pipeline import RunOptions, run_case
-    from StrokeLesionLib.pseudo_dwi_inference import segment_pseudo_dwi
+    from AIFSelectorLib.phantom.case import make_phantom
+    from StrokeLesionLib.case.pipeline import RunOptions, run_case
+    from StrokeLesionLib.lesion_models.pseudodwi.inference import segment_pseudo_dwi
     spacing = 1.8 * 128 / args.shape[2]
     case = make_phantom(30000, shape_zyx=tuple(args.shape), n_frames=args.frames, spacing_mm=(spacing, spacing, 6.0))
     r = run_case(case.series, RunOptions(aif="classic"))

@@ -26,8 +26,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    from AIFSelectorLib.phantom import make_phantom
-    from StrokeLesionLib.sean_inference import segment_sean
+    from AIFSelectorLib.phantom.case import make_phantom
+    from StrokeLesionLib.lesion_models.sean.inference import segment_sean
     spacing = (1.8 * 128 / args.shape[2], 1.8 * 128 / args.shape[1], 6.0)
     case = make_phantom(30000, shape_zyx=tuple(args.shape), n_frames=12, spacing_mm=spacing, noise_hu=3.0,
                         lesion_variety=True, head_rotation_max_deg=15.0)

@@ -51,8 +51,8 @@ def main(argv=None) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
     torch.set_num_threads(args.threads)
-    from AIFSelectorLib.phantom import make_phantom
-    from StrokeLesionLib.xnet_inference import segment_xnet
+    from AIFSelectorLib.phantom.case import make_phantom
+    from StrokeLesionLib.lesion_models.xnet.inference import segment_xnet
     from training.xnet.data import phantom_case
     out = {"threads": args.threads, "cpu": platform.processor(), "cpu_count": os.cpu_count(), "budget_s": BUDGET_S}
     case = phantom_case(30000)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from AIFSelectorLib.aifnet_model import AIFNetConfig
+from AIFSelectorLib.input_functions.aifnet.model import AIFNetConfig
 
 from .data import TRAIN_SEED0, cached_phantoms, isles_samples
 from .metrics import pearson, summary

@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from AIFSelectorLib.volume_io import atomic_path
+from AIFSelectorLib.io.volume_io import atomic_path
 
 TRAIN_SEED0, VAL_SEED0, EVAL_SEED0 = 1000, 5000, 9000
 
@@ -46,7 +46,7 @@ def phantom_kwargs(seed: int, small: bool = True) -> dict:
 
 def phantom_sample(seed: int, small: bool = True, **overrides) -> Dict[str, object]:
     """One phantom case as a training sample."""
-    from AIFSelectorLib.phantom import make_phantom
+    from AIFSelectorLib.phantom.case import make_phantom
     kw = phantom_kwargs(seed, small)
     kw.update(overrides)
     case = make_phantom(seed, **kw)
@@ -108,7 +108,9 @@ def read_annotations(csv_path) -> Dict[str, Dict[str, tuple]]:
 
 def isles_samples(root, csv_path) -> Iterator[Dict[str, object]]:
     """Samples from ISLES 2018 case folders under ``root`` annotated in ``csv_path``."""
-    from AIFSelectorLib.ctp_io import isles2018_case, load_ctp, resample_uniform
+    from AIFSelectorLib.io.isles2018 import isles2018_case
+    from AIFSelectorLib.io.ctp_io import load_ctp
+    from AIFSelectorLib.io.time_grid import resample_uniform
     from AIFSelectorLib.errors import InputError
     for case, fns in read_annotations(csv_path).items():
         files = isles2018_case(Path(root) / case)

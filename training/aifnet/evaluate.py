@@ -8,7 +8,6 @@ each method's curves compared with the maps from the true curves (Pearson r of C
 tissue; core Dice and core volume). Prints the tables (mean, sd, 5th and 95th percentile).
 """
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -18,28 +17,29 @@ from typing import Dict, List
 import numpy as np
 
 from .data import EVAL_SEED0, phantom_kwargs
-from .metrics import curve_metrics, dice, pearson, summary
+from StrokeLesionLib.metrics import dice
+
+from .metrics import curve_metrics, pearson, summary
 
 MAPS = ("cbf", "cbv", "mtt", "tmax")
 CURVE_KEYS = ("r", "tpeak_err_s", "fwhm_err_s", "ptb_err_hu", "mse_hu2")
 
 
 def _maps_and_core(prepared, functions, method):
-    from AIFSelectorLib.perfusion_pipeline import compute_maps
-    from StrokeLesionLib.lesion_thresholds import Thresholds, decide
-    p = dataclasses.replace(prepared, vessels=prepared.vessels.copy())  # compute_maps grows the vessel mask
-    maps = compute_maps(p, functions, method=method)
+    from AIFSelectorLib.maps.compute import compute_maps
+    from AIFSelectorLib.thresholds.decision import Thresholds, decide
+    maps = compute_maps(prepared, functions, method=method)
     voxel_ml = prepared.series.geometry.voxel_volume_ml
     core, _ = decide(maps.maps["rcbf"], maps.maps["tmax"], maps.tissue, voxel_ml, Thresholds())
     return maps, core, float(core.sum() * voxel_ml)
 
 
 def evaluate_case(seed: int, size: str = "full", device="auto", models=None, method="osvd") -> Dict:
-    from AIFSelectorLib.aif_classic import select_classic
-    from AIFSelectorLib.aifnet_inference import select_aifnet
-    from AIFSelectorLib.input_functions import InputFunctions
-    from AIFSelectorLib.perfusion_pipeline import prepare
-    from AIFSelectorLib.phantom import make_phantom
+    from AIFSelectorLib.input_functions.classic import select_classic
+    from AIFSelectorLib.input_functions.aifnet.inference import select_aifnet
+    from AIFSelectorLib.input_functions.functions import InputFunctions
+    from AIFSelectorLib.prepare.prepared import prepare
+    from AIFSelectorLib.phantom.case import make_phantom
 
     kw = phantom_kwargs(seed, small=(size == "small"))
     kw["n_frames"] = 48

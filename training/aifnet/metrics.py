@@ -3,17 +3,16 @@ from typing import Dict
 
 import numpy as np
 
+from AIFSelectorLib.input_functions.functions import baseline_removed
+from AIFSelectorLib.maps.perfusion_maps import peak_time_s
+from training.lesion_data.evaluation_tables import mean_sd
+
 
 def pearson(a, b) -> float:
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
-
-
-def enhancement(curve, n_baseline: int) -> np.ndarray:
-    c = np.asarray(curve, float)
-    return c - c[:max(1, n_baseline)].mean()
 
 
 def fwhm_s(enh, dt_s: float) -> float:
@@ -34,36 +33,20 @@ def fwhm_s(enh, dt_s: float) -> float:
     return float((right - left) * dt_s)
 
 
-def tpeak_s(enh, dt_s: float) -> float:
-    """Time of the maximum (s), refined by a parabola through the peak and its neighbours."""
-    e = np.asarray(enh, float)
-    i = int(np.argmax(e))
-    if 0 < i < len(e) - 1:
-        den = e[i - 1] - 2 * e[i] + e[i + 1]
-        off = 0.5 * (e[i - 1] - e[i + 1]) / den if den < 0 else 0.0
-        return float((i + np.clip(off, -0.5, 0.5)) * dt_s)
-    return float(i * dt_s)
-
-
 def curve_metrics(pred_hu, true_hu, dt_s: float, n_baseline: int) -> Dict[str, float]:
     """r, |Tpeak error| (s), FWHM error (s), PTB error (HU, predicted - true), MSE (HU^2) of absolute curves."""
-    p, t = enhancement(pred_hu, n_baseline), enhancement(true_hu, n_baseline)
+    p, t = baseline_removed(pred_hu, n_baseline), baseline_removed(true_hu, n_baseline)
     return {"r": pearson(pred_hu, true_hu),
-            "tpeak_err_s": abs(tpeak_s(p, dt_s) - tpeak_s(t, dt_s)),
+            "tpeak_err_s": abs(float(peak_time_s(p, dt_s)) - float(peak_time_s(t, dt_s))),
             "fwhm_err_s": fwhm_s(p, dt_s) - fwhm_s(t, dt_s),
             "ptb_err_hu": float(p.max() - t.max()),
             "mse_hu2": float(np.mean((np.asarray(pred_hu, float) - np.asarray(true_hu, float)) ** 2))}
 
 
-def dice(a, b) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    s = a.sum() + b.sum()
-    return float(2.0 * (a & b).sum() / s) if s else 1.0
-
-
 def summary(values) -> Dict[str, float]:
-    v = np.asarray([x for x in values if np.isfinite(x)], float)
-    if not len(v):
-        return {"mean": float("nan"), "sd": float("nan"), "p5": float("nan"), "p95": float("nan"), "n": 0}
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "p5": float(np.percentile(v, 5)), "p95": float(np.percentile(v, 95)), "n": int(len(v))}
+    """mean, sample sd and n of the finite values (evaluation_tables.mean_sd), with their 5th and 95th
+    percentiles."""
+    mean, sd, n = mean_sd(values)
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    p5, p95 = (float(np.percentile(v, 5)), float(np.percentile(v, 95))) if n else (float("nan"), float("nan"))
+    return {"mean": mean, "sd": sd, "p5": p5, "p95": p95, "n": n}

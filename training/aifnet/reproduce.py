@@ -28,7 +28,7 @@ VERSION = "1.0"
 def write_manifest(folder: Path, commands=None, evaluation=None) -> dict:
     """manifest.json for the aifnet_*.pt files in ``folder`` (sha256 + checkpoint metadata)."""
     import torch
-    from AIFSelectorLib.model_weights import file_fields, update_manifest
+    from training.common.weights_io import file_fields, update_manifest
     folder = Path(folder)
     models = {}
     for kind in ("aif", "vof"):
@@ -41,7 +41,7 @@ def write_manifest(folder: Path, commands=None, evaluation=None) -> dict:
                         "version": meta.get("version", VERSION), "config": ckpt["config"],
                         "n_parameters": meta.get("n_parameters"),
                         "training_command": meta.get("training_command"),
-                        "data": {"source": "digital phantom (AIFSelectorLib.phantom), small CPU-sized cases "
+                        "data": {"source": "digital phantom (AIFSelectorLib.phantom.case), small CPU-sized cases "
                                            "(4-8 x 96-128 x 96-128 voxels, in-plane 0.9-2.4 mm, 5-6 mm slices, 40-56 "
                                            "frames at 1 s, noise 3-10 HU), randomised anatomy, AIF shape, "
                                            "bolus arrival, dispersion and dose; no real scans",
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
 def _set_version(path: Path, kind: str) -> None:
     import torch
-    from AIFSelectorLib.model_weights import write_checkpoint
+    from training.common.weights_io import write_checkpoint
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     ckpt["meta"]["version"] = f"aifnet-{kind}-{VERSION}"
     ckpt["meta"]["training_command"] = "python -m training.aifnet.reproduce  (= python -m training.aifnet.train " \

@@ -16,10 +16,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from AIFSelectorLib.aifnet_model import (AIFNetConfig, build_model, count_parameters, network_frames,
-                                         segmentation_loss)
-from AIFSelectorLib.model_weights import write_checkpoint
+from AIFSelectorLib.input_functions.aifnet.model import AIFNetConfig, network_frames
+from AIFSelectorLib.models.blocks import count_parameters
+from training.common.weights_io import write_checkpoint
 
+from .ablation import build_model, segmentation_loss
 from .augmentation import augment
 from .data import TRAIN_SEED0, VAL_SEED0, cached_phantoms, isles_samples
 from .losses import pearson_loss

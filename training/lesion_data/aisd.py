@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from AIFSelectorLib.errors import InputError
-from AIFSelectorLib.volume_io import geometry_of, read_dicom_series, read_volume
+from AIFSelectorLib.io.volume_io import geometry_of, read_dicom_series, read_volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _PNG_NUMBER = re.compile(r"^(\d+)\.png$", re.IGNORECASE)

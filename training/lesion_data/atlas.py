@@ -20,7 +20,7 @@ from typing import Dict, List, NamedTuple, Tuple
 import numpy as np
 
 from AIFSelectorLib.errors import InputError
-from AIFSelectorLib.volume_io import read_volume
+from AIFSelectorLib.io.volume_io import read_volume
 
 _BIDS_T1 = re.compile(r"^(?P<sub>sub-[A-Za-z0-9]+)(?P<rest>_.*)?_T1w\.nii(\.gz)?$")
 _R12_T1 = re.compile(r"^(?P<scan>c\d+s\d+t\d+)_t1w(_deface)?(_stx)?\.nii(\.gz)?$", re.IGNORECASE)

@@ -5,7 +5,7 @@ ablation, one column per metric, each cell the mean +/- sample standard deviatio
     print(format_table(rows, SEGMENTATION_COLUMNS, title="Table 5 - held-out phantom cases"))
 
 ``per_case_metrics`` is a sequence of dicts (one per case, e.g. from
-``StrokeLesionLib.lesion_metrics.segmentation_metrics``). NaN values (e.g. a Hausdorff distance of an
+``StrokeLesionLib.metrics.segmentation_metrics``). NaN values (e.g. a Hausdorff distance of an
 empty prediction) are left out of a cell's mean and sd, and the cell then says how many cases it holds.
 A column marked ``fixed`` (e.g. the parameter count) prints the row's one value instead. Output is ASCII.
 """
@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from AIFSelectorLib.volume_io import atomic_path
+from AIFSelectorLib.io.volume_io import atomic_path
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """ISLES 2018 (CT perfusion lesion segmentation challenge) reader, on a local copy of the public set.
 
 Layout, as the challenge ships it (``.nii.gz`` files and files lying directly in the case folder are
-accepted too, see ``AIFSelectorLib.ctp_io.isles2018_case``)::
+accepted too, see ``AIFSelectorLib.io.ctp_io.isles2018_case``)::
 
     ISLES2018_Training/TRAINING/case_1/SMIR.Brain.XX.O.CT.345562/SMIR.Brain.XX.O.CT.345562.nii
                                       /SMIR.Brain.XX.O.CT_4DPWI.345563/...nii   4D CTP (x, y, z, t)
@@ -20,10 +20,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from AIFSelectorLib.ctp_io import isles2018_case, load_ctp, resample_uniform
+from AIFSelectorLib.io.isles2018 import isles2018_case
+from AIFSelectorLib.io.ctp_io import load_ctp
+from AIFSelectorLib.io.time_grid import resample_uniform
 from AIFSelectorLib.ctp_series import VolumeGeometry
 from AIFSelectorLib.errors import InputError
-from AIFSelectorLib.volume_io import read_volume
+from AIFSelectorLib.io.volume_io import read_volume
 
 MAP_MODALITIES = {"cbf": "CT_CBF", "cbv": "CT_CBV", "mtt": "CT_MTT", "tmax": "CT_Tmax"}
 """Keys of ``load_case(...)['maps']`` and the ISLES modality each comes from (vendor units as shipped)."""

@@ -1,14 +1,14 @@
 """Training data for pseudo-DWI + SLNet: phantom cases or ISLES 2018 cases, and random slice batches.
 
 A sample (one case) is a dict: 'x' (12, z, y, x) float32 network input
-(:func:`StrokeLesionLib.pseudo_dwi_preprocessing.network_input`, from the CTP series and the *pipeline's*
+(:func:`StrokeLesionLib.lesion_models.pseudodwi.preprocessing.network_input`, from the CTP series and the *pipeline's*
 maps and brain mask, exactly what inference sees), 'dwi' (z, y, x) float32 normalised DWI (the synthesis
 target, 0 outside the brain), 'lesion' (z, y, x) bool, 'weight_map' (z, y, x) float32 distance weight map
 A, 'spacing_mm' (x, y, z), 'name'.
 
 Phantom cases: ``make_phantom(seed, (8, 128, 128), 40 frames, 1.8 x 1.8 x 6 mm, ...)`` with the frame
 interval (1 or 1.5 s) and noise (3-8 HU) drawn per seed, ``lesion_variety=True`` when the generator has it;
-maps from ``StrokeLesionLib.pipeline.run_case`` (AIFNet AIF/VOF, oSVD), cached as .npz (``--cache``).
+maps from ``StrokeLesionLib.case.pipeline.run_case`` (AIFNet AIF/VOF, oSVD), cached as .npz (``--cache``).
 Seeds: training 10000-19999, validation 20000-20999, held-out evaluation 30000-30999 (never trained on).
 """
 import inspect
@@ -18,8 +18,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from AIFSelectorLib.errors import InputError
-from AIFSelectorLib.volume_io import atomic_path
-from StrokeLesionLib.pseudo_dwi_preprocessing import network_input, normalised_dwi
+from AIFSelectorLib.io.volume_io import atomic_path
+from StrokeLesionLib.lesion_models.pseudodwi.preprocessing import network_input, normalised_dwi
 
 from .losses import distance_weight_map
 
@@ -31,7 +31,7 @@ SAMPLE_KEYS = ("x", "dwi", "lesion", "weight_map", "spacing_mm")
 
 
 def lesion_variety_available() -> bool:
-    from AIFSelectorLib.phantom import make_phantom
+    from AIFSelectorLib.phantom.case import make_phantom
     return "lesion_variety" in inspect.signature(make_phantom).parameters
 
 
@@ -61,8 +61,8 @@ def make_sample(series, maps: Dict[str, np.ndarray], brain: np.ndarray, dwi: np.
 
 def phantom_sample(seed: int) -> Dict[str, object]:
     """One phantom case through the perfusion pipeline (what inference sees) as a sample."""
-    from AIFSelectorLib.phantom import make_phantom
-    from StrokeLesionLib.pipeline import RunOptions, run_case
+    from AIFSelectorLib.phantom.case import make_phantom
+    from StrokeLesionLib.case.pipeline import RunOptions, run_case
     case = make_phantom(seed, **phantom_kwargs(seed))
     result = run_case(case.series, RunOptions(aif="aifnet", device="cpu"))
     return make_sample(case.series, result.perfusion.maps, result.prepared.brain, case.dwi, case.truth["lesion"],
@@ -71,7 +71,7 @@ def phantom_sample(seed: int) -> Dict[str, object]:
 
 def cache_tag() -> str:
     """What the cached samples depend on: the phantom generator's lesion variety and the maps' revision."""
-    from AIFSelectorLib.perfusion_pipeline import MAPS_REVISION
+    from AIFSelectorLib.maps.compute import MAPS_REVISION
     return ("variety" if lesion_variety_available() else "plain") + f"-maps{MAPS_REVISION}"
 
 
@@ -97,8 +97,8 @@ def cached_phantoms(seeds: Sequence[int], cache_dir: Optional[Path] = None, log=
 def isles_samples(root, log=None) -> List[Dict[str, object]]:
     """Samples from the ISLES 2018 case folders under ``root`` (training.lesion_data.isles2018): the
     dataset's CTP and maps, the brain mask of the perfusion pipeline, the lesion (OT) and DWI target."""
-    from AIFSelectorLib.ctp_io import resample_uniform
-    from AIFSelectorLib.perfusion_pipeline import prepare
+    from AIFSelectorLib.io.time_grid import resample_uniform
+    from AIFSelectorLib.prepare.prepared import prepare
     from training.lesion_data import isles2018
     out = []
     for case_dir in isles2018.list_cases(root):

@@ -6,7 +6,7 @@
 Held-out phantom seeds 30000+ (never trained on), through the perfusion pipeline exactly as inference
 sees them. Rows: the networks named (manifest entries of ``--models``: the shipped ones, or a training
 folder holding ablations); columns: Dice, precision, recall, Hausdorff distance (mm), ASSD (mm), relative
-volume error, mean (SD) over cases (``StrokeLesionLib.lesion_metrics``; undefined values, e.g. distances
+volume error, mean (SD) over cases (``StrokeLesionLib.metrics``; undefined values, e.g. distances
 of an empty prediction, left out of that column's mean). A second table gives the synthesis quality of the
 pseudo DWI against the phantom's DWI: SSIM and PSNR, global and lesion-local (the lesion's bounding box).
 """
@@ -26,9 +26,9 @@ ROW_LABELS = {"slnet_maps": "SLNet on CTP maps only", "pseudodwi": "pseudo-DWI +
 
 def evaluate_model(name: str, folder: Path, samples: Sequence[dict]) -> Dict[str, object]:
     """Per-case segmentation (and synthesis) metrics and seconds per case of manifest entry ``name``."""
-    from StrokeLesionLib.lesion_metrics import segmentation_metrics, synthesis_metrics
-    from StrokeLesionLib.pseudo_dwi_inference import load_model, predict_slices
-    from StrokeLesionLib.pseudo_dwi_model import parameter_counts
+    from StrokeLesionLib.metrics import segmentation_metrics, synthesis_metrics
+    from StrokeLesionLib.lesion_models.pseudodwi.inference import load_model, predict_slices
+    from StrokeLesionLib.lesion_models.pseudodwi.model import parameter_counts
     model, info = load_model(name, folder)
     cases = []
     for s in samples:

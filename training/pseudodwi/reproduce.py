@@ -6,7 +6,7 @@
    cases (seeds 10000+, validation 20000+), one CPU thread each, with the settings below (the same as
    ``python -m training.pseudodwi.train`` with these arguments);
 2. copies the checkpoints to ``--out`` (pseudodwi.pt, pseudodwi_slnet_maps.pt) and adds their manifest
-   entries ('pseudodwi', 'slnet_maps') through ``AIFSelectorLib.model_weights.update_manifest``;
+   entries ('pseudodwi', 'slnet_maps') through ``training.common.weights_io.update_manifest``;
 3. evaluates both on the held-out seeds 30000+ (``training.pseudodwi.evaluate``) and stores the metrics
    in both entries.
 """
@@ -32,7 +32,7 @@ FILES = {"slnet_maps": "pseudodwi_slnet_maps.pt", "pseudodwi": "pseudodwi.pt"}
 
 
 def data_description(meta: dict) -> dict:
-    return {"source": f"digital phantom (AIFSelectorLib.phantom, lesion_variety: {lesion_variety_available()}), "
+    return {"source": f"digital phantom (AIFSelectorLib.phantom.case, lesion_variety: {lesion_variety_available()}), "
                       f"{CASE_SHAPE_ZYX} voxels (z, y, x) at {CASE_SPACING_MM} mm (x, y, z), {N_FRAMES} frames at "
                       "1 or 1.5 s, noise 3-8 HU; network inputs from the perfusion pipeline's maps (AIFNet AIF, "
                       "oSVD) and brain mask; target: the phantom's DWI look-alike and lesion; no real scans",
@@ -41,7 +41,7 @@ def data_description(meta: dict) -> dict:
 
 def manifest_entry(name: str, path: Path, evaluation=None) -> dict:
     import torch
-    from AIFSelectorLib.model_weights import file_fields
+    from training.common.weights_io import file_fields
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     meta = ckpt["meta"]
     entry = {**file_fields(path),
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-cases", type=int, default=20)
     args = p.parse_args(argv)
     import torch
-    from AIFSelectorLib.model_weights import update_manifest, write_checkpoint
+    from training.common.weights_io import update_manifest, write_checkpoint
     from . import evaluate, train
     work = Path(tempfile.mkdtemp(prefix="pseudodwi-train-"))
     names = () if args.eval_only else (args.only,) if args.only else tuple(DEFAULTS)

@@ -13,7 +13,7 @@ Modes: 'end_to_end' minimises L = L_s + alpha L_g + beta L_e over every network 
 trains Phi_e on L_e, then Phi_g on L_g (Phi_e frozen), then SLNet on L_s (both frozen), the iteration and
 time budgets split 1/4, 1/4, 1/2. Early stopping on the validation Dice (whole cases, 3D) with
 ``--patience`` evaluations; the best state is saved as ``<out>/<name>.pt`` in the checkpoint format of
-``AIFSelectorLib.model_weights``.
+``AIFSelectorLib.models.weights``.
 """
 import argparse
 import json
@@ -75,8 +75,8 @@ def pretrain_context(context, samples, opts: TrainOptions, log=None) -> None:
 
 def validation_dice(model, samples) -> float:
     """Mean 3D Dice of (p > 0.5) inside the brain over the validation cases."""
-    from StrokeLesionLib.lesion_metrics import dice
-    from StrokeLesionLib.pseudo_dwi_inference import predict_slices
+    from StrokeLesionLib.metrics import dice
+    from StrokeLesionLib.lesion_models.pseudodwi.inference import predict_slices
     scores = []
     for s in samples:
         prob, _ = predict_slices(model, s["x"])
@@ -211,8 +211,8 @@ def main(argv=None) -> Dict[str, object]:
     import torch
     torch.set_num_threads(max(1, args.threads))
     from AIFSelectorLib.errors import InputError
-    from AIFSelectorLib.model_weights import file_fields, update_manifest, write_checkpoint
-    from StrokeLesionLib.pseudo_dwi_model import PseudoDWIConfig, PseudoDWINet, parameter_counts
+    from training.common.weights_io import file_fields, update_manifest, write_checkpoint
+    from StrokeLesionLib.lesion_models.pseudodwi.model import PseudoDWIConfig, PseudoDWINet, parameter_counts
 
     def log(msg):
         print(msg, flush=True)

@@ -1,7 +1,7 @@
 """Training data for SEAN: NCCT phantom cases (or AISD cases) and the batches of both training stages.
 
 A case is a dict: 'ncct' (z, y, x) float32 HU, 'lesion' (z, y, x) bool, 'spacing_xyz' (x, y, z) mm,
-'angle_deg' (the true in-plane head rotation, sign convention of ``StrokeLesionLib.sean_alignment``;
+'angle_deg' (the true in-plane head rotation, sign convention of ``StrokeLesionLib.lesion_models.sean.alignment``;
 nan when unknown), 'name'. Only 'ncct' enters training; 'angle_deg' is used to measure the alignment.
 
 Phantom cases: ``make_phantom(seed, (z, 128, 128), 12 frames, 1.8 x 1.8 x 6 mm, noise 2-4 HU,
@@ -25,7 +25,7 @@ MAX_ROTATION_DEG = 15.0
 
 def phantom_case(seed: int) -> Dict[str, object]:
     """One NCCT phantom case (see module doc)."""
-    from AIFSelectorLib.phantom import make_phantom
+    from AIFSelectorLib.phantom.case import make_phantom
     rng = np.random.default_rng(seed + 7919)
     nz = int(rng.choice(SLICE_COUNTS))
     noise = float(rng.uniform(*NOISE_HU))

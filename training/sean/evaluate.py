@@ -8,7 +8,7 @@ runs it (the mask on the input grid). Rows: SEAN (manifest entries 'sean' + 'sea
 ``--models``), w/o alignment ('sean_noalign') and w/o symmetry attention ('sean_selfattn': attention
 within partitions only), the last two from ``--ablations`` (a folder with its own manifest, written by
 ``training.sean.reproduce``). Columns: Dice, precision, recall, HD95 (mm), ASSD (mm), relative volume
-error, parameters; mean +/- sample SD over cases (``StrokeLesionLib.lesion_metrics``; undefined values,
+error, parameters; mean +/- sample SD over cases (``StrokeLesionLib.metrics``; undefined values,
 e.g. distances of an empty prediction, are left out of that cell). The alignment rows give the absolute
 error of the estimated rotation against the phantom's true head rotation (deg): of the network alone and
 after the test-time refinement, when the shipped config uses one.
@@ -31,9 +31,9 @@ SUMMARY_KEYS = ("dice", "precision", "recall", "hausdorff95_mm", "assd_mm", "rel
 
 def evaluate_model(name: str, folder: Optional[Path], cases: Sequence[dict]) -> Dict[str, object]:
     """Per-case metrics, estimated rotation and seconds of segmenter ``name`` (with 'sean_alignment')."""
-    from StrokeLesionLib.lesion_metrics import segmentation_metrics
-    from StrokeLesionLib.network_blocks import count_parameters
-    from StrokeLesionLib.sean_inference import load_models, segment_sean
+    from StrokeLesionLib.metrics import segmentation_metrics
+    from AIFSelectorLib.models.blocks import count_parameters
+    from StrokeLesionLib.lesion_models.sean.inference import load_models, segment_sean
     (seg, seg_info), (align, _) = load_models(name, folder=folder)
     n_params = count_parameters(seg) + (count_parameters(align) if seg.config.aligned else 0)
     rows = []
@@ -50,8 +50,8 @@ def evaluate_model(name: str, folder: Optional[Path], cases: Sequence[dict]) -> 
 
 def angle_errors(folder: Optional[Path], cases: Sequence[dict]) -> Dict[str, dict]:
     """{'network': ..., 'refined': ...}: mean, max and SD of |estimated - true| rotation (deg)."""
-    from StrokeLesionLib.sean_alignment import normalise_ncct
-    from StrokeLesionLib.sean_inference import estimate_pose, load_models
+    from StrokeLesionLib.lesion_models.sean.alignment import normalise_ncct
+    from StrokeLesionLib.lesion_models.sean.inference import estimate_pose, load_models
     (seg, _), (align, _) = load_models(folder=folder)
     out = {}
     variants = [("network", 0)] + ([("refined", align.config.refine_steps)] if align.config.refine_steps else [])

@@ -6,7 +6,7 @@
    aligned images) on 300 phantom cases (seeds 10000+, validation 20000-20015), two CPU threads, with the
    infarct class weighted 3 in the cross-entropy and 70 % of the slice stacks holding infarct;
 2. copies sean_alignment.pt and sean.pt to ``--out`` and adds the manifest entries 'sean_alignment' and
-   'sean' through ``AIFSelectorLib.model_weights.update_manifest``;
+   'sean' through ``training.common.weights_io.update_manifest``;
 3. trains the two ablations of the results table with the same settings: without alignment
    ('sean_noalign') and without symmetry attention ('sean_selfattn', the shipped alignment network
    reused); they are kept in a work folder with its own manifest, not shipped;
@@ -39,7 +39,7 @@ FILES = {"sean": "sean.pt", "sean_alignment": "sean_alignment.pt"}
 
 
 def data_description(meta: dict) -> dict:
-    return {"source": f"digital phantom NCCT look-alike (AIFSelectorLib.phantom, lesion_variety=True, "
+    return {"source": f"digital phantom NCCT look-alike (AIFSelectorLib.phantom.case, lesion_variety=True, "
                       f"head_rotation_max_deg={MAX_ROTATION_DEG:g}), ({'/'.join(map(str, SLICE_COUNTS))}, {INPLANE}, "
                       f"{INPLANE}) voxels (z, y, x) at {SPACING_MM} mm (x, y, z), {N_FRAMES} frames (unused), "
                       f"noise {NOISE_HU[0]:g}-{NOISE_HU[1]:g} HU; target: the phantom's infarct core; no real scans",
@@ -48,7 +48,7 @@ def data_description(meta: dict) -> dict:
 
 def manifest_entry(path: Path, model_card: str, evaluation=None) -> dict:
     import torch
-    from AIFSelectorLib.model_weights import file_fields
+    from training.common.weights_io import file_fields
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     meta = ckpt["meta"]
     keys = ("iters_done", "best_iter", "best_val_dice", "seconds", "total_train_seconds", "optimizer", "lr",
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=None, help="folder for the ablation models (default: a temp folder)")
     p.add_argument("--eval-cases", type=int, default=20)
     args = p.parse_args(argv)
-    from AIFSelectorLib.model_weights import update_manifest
+    from training.common.weights_io import update_manifest
     from . import evaluate, train
     work = args.work or Path(tempfile.mkdtemp(prefix="sean-train-"))
     work.mkdir(parents=True, exist_ok=True)

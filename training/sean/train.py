@@ -17,7 +17,7 @@ of them holding infarct), the infarct class weighted ``--lesion-weight`` (1) in 
 weights use weight 3 and 70 % infarct stacks (``training.sean.reproduce``; see the model card). The paper's
 exact optimiser settings could not be looked up here (no copy of its full text offline); Adam is the
 assumption. Outputs ``<out>/<name>.pt`` (and ``<out>/<alignment-name>.pt`` when
-stage 1 ran) in the checkpoint format of ``AIFSelectorLib.model_weights``.
+stage 1 ran) in the checkpoint format of ``AIFSelectorLib.models.weights``.
 """
 import argparse
 import json
@@ -56,7 +56,7 @@ class TrainOptions:
 
 def normalised_cases(cases: Sequence[dict], hu_window) -> List[dict]:
     """Adds 'x' (normalised (z, y, x)) and 'background' to each case (see sean_alignment.normalise_ncct)."""
-    from StrokeLesionLib.sean_alignment import normalise_ncct
+    from StrokeLesionLib.lesion_models.sean.alignment import normalise_ncct
     out = []
     for c in cases:
         x, bg = normalise_ncct(c["ncct"], hu_window)
@@ -67,7 +67,7 @@ def normalised_cases(cases: Sequence[dict], hu_window) -> List[dict]:
 def alignment_grid_volumes(cases: Sequence[dict], config) -> List[np.ndarray]:
     """Every case's normalised volume resampled onto the alignment grid, (z, s, s) float32."""
     import torch
-    from StrokeLesionLib.sean_alignment import alignment_grid_slices
+    from StrokeLesionLib.lesion_models.sean.alignment import alignment_grid_slices
     out = []
     with torch.no_grad():
         for c in cases:
@@ -79,7 +79,7 @@ def alignment_grid_volumes(cases: Sequence[dict], config) -> List[np.ndarray]:
 
 def estimate_poses(net, cases: Sequence[dict]) -> np.ndarray:
     """(n, 3) poses (angle_deg, tx_mm, ty_mm) of the cases."""
-    from StrokeLesionLib.sean_inference import estimate_pose
+    from StrokeLesionLib.lesion_models.sean.inference import estimate_pose
     return np.stack([estimate_pose(net, c["x"], c["background"], c["spacing_xyz"][:2]) for c in cases])
 
 
@@ -96,7 +96,7 @@ def random_pose(slices, background, rng: np.random.Generator, config, angle_deg:
     """Augmentation of stage 1: every case of (B, Z, s, s) turned and shifted by a random pose (angle
     uniform in +/- ``angle_deg``, shifts in +/- ``shift_mm``), the background kept outside."""
     import torch
-    from StrokeLesionLib.sean_alignment import warp_volumes
+    from StrokeLesionLib.lesion_models.sean.alignment import warp_volumes
     b = slices.shape[0]
     pose = np.stack([rng.uniform(-angle_deg, angle_deg, b), rng.uniform(-shift_mm, shift_mm, b),
                      rng.uniform(-shift_mm, shift_mm, b)], 1)
@@ -110,7 +110,7 @@ def train_alignment(train: Sequence[dict], val: Sequence[dict], config, opts: Tr
                     log: Optional[Callable] = None):
     """Stage 1 (unsupervised). Returns (net, history dict)."""
     import torch
-    from StrokeLesionLib.sean_alignment import AlignmentNet, alignment_losses
+    from StrokeLesionLib.lesion_models.sean.alignment import AlignmentNet, alignment_losses
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
     net = AlignmentNet(config)
@@ -152,7 +152,7 @@ def train_alignment(train: Sequence[dict], val: Sequence[dict], config, opts: Tr
 def aligned_volumes(cases: Sequence[dict], poses: np.ndarray, config):
     """(volumes, labels): every case on the segmenter's grid under its pose, (z, s, s) float32 and bool."""
     import torch
-    from StrokeLesionLib.sean_alignment import warp_volumes
+    from StrokeLesionLib.lesion_models.sean.alignment import warp_volumes
     grid = (config.grid_size, config.grid_size)
     sp = (config.grid_spacing_mm, config.grid_spacing_mm)
     vols, labs = [], []
@@ -169,8 +169,8 @@ def aligned_volumes(cases: Sequence[dict], poses: np.ndarray, config):
 def validation_dice(net, volumes, labels) -> float:
     """Mean 3D Dice (p > 0.5) on the segmenter's grid."""
     import torch
-    from StrokeLesionLib.lesion_metrics import dice
-    from StrokeLesionLib.sean_inference import aligned_probability
+    from StrokeLesionLib.metrics import dice
+    from StrokeLesionLib.lesion_models.sean.inference import aligned_probability
     scores = [dice(aligned_probability(net, torch.from_numpy(v)).numpy() > 0.5, lab) for v, lab in zip(volumes, labels)]
     return float(np.mean(scores)) if scores else float("nan")
 
@@ -179,7 +179,7 @@ def train_segmenter(config, train_vols, train_labs, val_vols, val_labs, opts: Tr
                     log: Optional[Callable] = None):
     """Stage 2. Returns (net in its best validation state, history dict)."""
     import torch
-    from StrokeLesionLib.sean_model import HybridUNet
+    from StrokeLesionLib.lesion_models.sean.model import HybridUNet
     from training.lesion_data.segmentation_losses import generalised_dice_loss, one_hot, weighted_cross_entropy
     torch.manual_seed(opts.seed + 1)
     rng = np.random.default_rng(opts.seed + 1)
@@ -228,8 +228,8 @@ def train_segmenter(config, train_vols, train_labs, val_vols, val_labs, opts: Tr
 
 
 def save_checkpoint(net, path: Path, meta: dict) -> None:
-    from AIFSelectorLib.model_weights import write_checkpoint
-    from StrokeLesionLib.network_blocks import count_parameters
+    from training.common.weights_io import write_checkpoint
+    from AIFSelectorLib.models.blocks import count_parameters
     meta = {**meta, "n_parameters": count_parameters(net), "date": time.strftime("%Y-%m-%d")}
     write_checkpoint({"format": 1, "config": net.config.to_dict(), "state_dict": net.state_dict(), "meta": meta}, path)
 
@@ -283,9 +283,9 @@ def parse_args(argv):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
-    from AIFSelectorLib.model_weights import load_checkpoint
-    from StrokeLesionLib.sean_alignment import AlignmentConfig, build_alignment
-    from StrokeLesionLib.sean_model import SEANConfig
+    from AIFSelectorLib.models.weights import load_checkpoint
+    from StrokeLesionLib.lesion_models.sean.alignment import AlignmentConfig, build_alignment
+    from StrokeLesionLib.lesion_models.sean.model import SEANConfig
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 

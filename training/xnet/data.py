@@ -14,7 +14,7 @@ ATLAS scans (``--data atlas --root DIR``, :mod:`training.lesion_data.atlas`): ev
 in case-id order is validation, the others training (scans without masks, the test set, are skipped).
 
 :func:`case_slices` puts a case on the network grid of an :class:`XNetConfig` (the preprocessing of
-:mod:`StrokeLesionLib.xnet_inference`), :func:`slice_set` stacks cases into (slices (N, s, s) float16
+:mod:`StrokeLesionLib.lesion_models.xnet.inference`), :func:`slice_set` stacks cases into (slices (N, s, s) float16
 normalised T1, labels (N, s, s) bool, case index (N,)), and :func:`training_batch` draws case-balanced,
 augmented batches from them.
 """
@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from AIFSelectorLib.volume_io import atomic_path
+from AIFSelectorLib.io.volume_io import atomic_path
 
 TRAIN_SEED0, VAL_SEED0, EVAL_SEED0 = 10000, 20000, 30000
 FOV_MM = 230.0
@@ -49,7 +49,7 @@ def phantom_geometry(seed: int) -> Tuple[Tuple[int, int, int], Tuple[float, floa
 
 def phantom_case(seed: int) -> Dict[str, object]:
     """One T1 phantom case (see module doc)."""
-    from AIFSelectorLib.phantom import make_phantom
+    from AIFSelectorLib.phantom.case import make_phantom
     shape, spacing = phantom_geometry(seed)
     case = make_phantom(seed, shape_zyx=shape, n_frames=N_FRAMES, spacing_mm=spacing, lesion_variety=True,
                         head_rotation_max_deg=MAX_ROTATION_DEG)
@@ -78,7 +78,7 @@ def _grid_key(config) -> str:
 def case_slices(case: Dict[str, object], config) -> Tuple[np.ndarray, np.ndarray]:
     """(normalised slices (z, s, s) float16, lesion labels (z, s, s) bool) of one case on the network grid;
     slices without head are dropped."""
-    from StrokeLesionLib.xnet_inference import network_input, to_network_grid
+    from StrokeLesionLib.lesion_models.xnet.inference import network_input, to_network_grid
     slices, grid, head = network_input(case["t1"], case["spacing_xyz"], config)
     labels = to_network_grid(np.asarray(case["lesion"], np.float32), grid, 0.0) > 0.5
     keep = head.any(axis=(1, 2))

@@ -5,8 +5,8 @@ columns: Dice, precision, recall, HD95, ASSD, relative volume error, parameters)
 
 Each held-out phantom case (seeds 30000+, never trained on; the geometry variety of
 ``training/xnet/data.py``) runs through the whole inference path of
-``StrokeLesionLib.xnet_inference`` (head mask, normalisation, network grid and back) and is scored on
-its own grid with ``StrokeLesionLib.lesion_metrics.segmentation_metrics`` (surface distances in mm).
+``StrokeLesionLib.lesion_models.xnet.inference`` (head mask, normalisation, network grid and back) and is scored on
+its own grid with ``StrokeLesionLib.metrics.segmentation_metrics`` (surface distances in mm).
 The shipped 'xnet' entry of ``--models`` is the X-Net row; ``--ablations DIR`` adds the rows of the
 'xnet_no_fsm' and 'unet' checkpoints that ``python -m training.xnet.train --variant ... --out DIR``
 registered there (rows without a checkpoint are left out). Cells are mean +/- sample SD over the cases.
@@ -31,8 +31,8 @@ ROWS = (("xnet", "X-Net"), ("xnet_no_fsm", "X-Net w/o FSM"), ("unet", "U-Net (pl
 def evaluate_model(model, cases: Sequence[Dict[str, object]]) -> List[Dict[str, float]]:
     """Per-case metrics (segmentation_metrics plus 'seconds', the inference time) of a loaded network."""
     import torch
-    from StrokeLesionLib.lesion_metrics import segmentation_metrics
-    from StrokeLesionLib.xnet_inference import segment_with_model
+    from StrokeLesionLib.metrics import segmentation_metrics
+    from StrokeLesionLib.lesion_models.xnet.inference import segment_with_model
     out = []
     for case in cases:
         t0 = time.perf_counter()
@@ -47,15 +47,15 @@ def evaluate_model(model, cases: Sequence[Dict[str, object]]) -> List[Dict[str, 
 
 def parameter_counts(config: dict) -> Dict[str, int]:
     """Parameters of every variant (xnet, xnet_no_fsm, unet) with the depth and widths of ``config``."""
-    from StrokeLesionLib.network_blocks import count_parameters
-    from StrokeLesionLib.xnet_model import XNetConfig, build_model, variant_config
+    from AIFSelectorLib.models.blocks import count_parameters
+    from StrokeLesionLib.lesion_models.xnet.model import XNetConfig, build_model, variant_config
     cfg = XNetConfig.from_dict(config)
     return {name: count_parameters(build_model(variant_config(cfg, name))) for name, _ in ROWS}
 
 
 def _load(name: str, folder: Path):
-    from AIFSelectorLib.model_weights import WeightsError, load_checkpoint, read_manifest
-    from StrokeLesionLib.xnet_model import build_model
+    from AIFSelectorLib.models.weights import WeightsError, load_checkpoint, read_manifest
+    from StrokeLesionLib.lesion_models.xnet.model import build_model
     try:
         if name not in read_manifest(folder).get("models", {}):
             return None
@@ -65,8 +65,8 @@ def _load(name: str, folder: Path):
 
 
 def main(argv=None) -> int:
-    from AIFSelectorLib.model_weights import models_dir
-    from StrokeLesionLib.network_blocks import count_parameters
+    from AIFSelectorLib.models.weights import models_dir
+    from AIFSelectorLib.models.blocks import count_parameters
     from training.lesion_data.evaluation_tables import PARAMETERS_COLUMN, SEGMENTATION_COLUMNS, Column, format_table
     p = argparse.ArgumentParser(prog="python -m training.xnet.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--models", type=Path, default=None, help="folder of the shipped weights (default Resources/models)")

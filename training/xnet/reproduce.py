@@ -6,7 +6,7 @@
    one CPU thread, at most 16 min wall clock including the phantom generation; the phantom slices are cached
    under ``--cache``, so with a warm cache the whole budget goes to training);
 2. copies the checkpoint to ``--out``/xnet.pt and registers the 'xnet' manifest entry
-   (``AIFSelectorLib.model_weights.update_manifest``: sha256, size, config, parameters, command, data, training);
+   (``training.common.weights_io.update_manifest``: sha256, size, config, parameters, command, data, training);
 3. with ``--ablations``, trains "X-Net w/o FSM" and the plain UNet of the same depth and widths with the same
    settings and the same (cached) data (in the work folder; they are not shipped);
 4. runs the held-out evaluation (``python -m training.xnet.evaluate``, phantom seeds 30000+), prints the
@@ -40,7 +40,7 @@ def _train(variant: str, out: Path, cache: Path) -> Path:
 def register(checkpoint: Path, out: Path, evaluation=None) -> dict:
     """Copies ``checkpoint`` to out/xnet.pt (unless it is that file) and merges its 'xnet' manifest entry."""
     import torch
-    from AIFSelectorLib.model_weights import update_manifest
+    from training.common.weights_io import update_manifest
     from .train import manifest_entry
     out.mkdir(parents=True, exist_ok=True)
     target = out / "xnet.pt"

@@ -14,7 +14,7 @@ cross-entropy). Batches are case-balanced (``data.training_batch``). The score i
 the validation cases (each case's slices on the network grid, threshold 0.5); the best network is kept.
 
 Writes DIR/<variant>.pt (``{"format": 1, "config", "state_dict", "meta"}``) and registers it in
-DIR/manifest.json (``AIFSelectorLib.model_weights.update_manifest``), so ``load_checkpoint(variant, ...,
+DIR/manifest.json (``training.common.weights_io.update_manifest``), so ``load_checkpoint(variant, ...,
 folder=DIR)`` loads it. ``--max-minutes`` bounds the whole run (data included), in wall-clock minutes.
 """
 import argparse
@@ -73,8 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def validation_dice(model, cases: Sequence[Tuple[np.ndarray, np.ndarray]], threshold: float = 0.5) -> float:
     """Mean per-case Dice of the network on validation (slices, labels) pairs (network grid)."""
-    from StrokeLesionLib.lesion_metrics import dice
-    from StrokeLesionLib.xnet_inference import predict_probability
+    from StrokeLesionLib.metrics import dice
+    from StrokeLesionLib.lesion_models.xnet.inference import predict_probability
     return float(np.mean([dice(predict_probability(model, s.astype(np.float32)) > threshold, y)
                           for s, y in cases]))
 
@@ -94,7 +94,7 @@ def load_data(args, config, deadline: float):
         if train and time.time() > deadline - 0.5 * (deadline - args.t_start):
             break
         train += phantom_slices([seed], config, args.cache)
-    data = {"source": "digital phantom T1 look-alike (AIFSelectorLib.phantom, lesion_variety=True, head rotation "
+    data = {"source": "digital phantom T1 look-alike (AIFSelectorLib.phantom.case, lesion_variety=True, head rotation "
                       "up to 15 deg), see training/xnet/data.py; no real scans",
             "train_seeds": [train_seeds[0], train_seeds[0] + len(train) - 1],
             "val_seeds": [val_seeds[0], val_seeds[-1]], "n_train": len(train), "n_val": len(val)}
@@ -103,9 +103,9 @@ def load_data(args, config, deadline: float):
 
 def train(args) -> Dict[str, object]:
     import torch
-    from AIFSelectorLib.model_weights import update_manifest, write_checkpoint
-    from StrokeLesionLib.network_blocks import count_parameters
-    from StrokeLesionLib.xnet_model import XNetConfig, build_model, variant_config
+    from training.common.weights_io import update_manifest, write_checkpoint
+    from AIFSelectorLib.models.blocks import count_parameters
+    from StrokeLesionLib.lesion_models.xnet.model import XNetConfig, build_model, variant_config
     from training.lesion_data.segmentation_losses import dice_ce_loss
 
     torch.set_num_threads(args.threads)
@@ -190,7 +190,7 @@ def train(args) -> Dict[str, object]:
 
 def manifest_entry(path: Path, config: dict, meta: dict, evaluation: Optional[dict] = None) -> dict:
     """The manifest entry of a checkpoint file (see the brief's list of fields)."""
-    from AIFSelectorLib.model_weights import file_fields
+    from training.common.weights_io import file_fields
     entry = {**file_fields(path),
              "version": meta["version"], "config": config, "n_parameters": meta["n_parameters"],
              "training_command": meta["training_command"], "data": meta["data"], "date": meta["date"],

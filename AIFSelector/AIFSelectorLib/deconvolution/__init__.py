@@ -1,0 +1,1 @@
+"""Stage 3, deconvolution of tissue curves by the AIF (oSVD, cSVD, Tikhonov)."""

@@ -1,0 +1,1 @@
+"""AIFNet: the network (model) and its inference (Pvol volumes, weighted curves). Imports torch."""

@@ -1,0 +1,220 @@
+"""AIFNet inference: shipped weights -> AIF and VOF with their probability volumes.
+
+Weights: ``Resources/models/aifnet_aif.pt`` and ``aifnet_vof.pt``, loaded through :mod:`model_weights`
+(sha256 checked against the manifest before ``torch.load(..., weights_only=True)``).
+
+Missing, corrupted or unreadable weights raise :class:`WeightsError` (an :class:`InputError`); the
+pipeline catches it and falls back to the classic selector with a warning in the report.
+
+VOF recalibration (AIFNet paper): the Pvol-weighted VOF is smoothed by the averaging, so its enhancement
+is rescaled so that its peak equals the maximum of the Pvol-weighted peak-to-baseline (PTB) volume,
+max_v (Pvol(v) / max Pvol) * PTB(v).
+"""
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from AIFSelectorLib.input_functions.aifnet.model import AIFNet, AIFNetConfig, network_frames
+from AIFSelectorLib.ctp_series import CTPSeries
+from AIFSelectorLib.input_functions.functions import InputFunctions
+from AIFSelectorLib.models.weights import WeightsError, load_checkpoint
+from AIFSelectorLib.models.device import resolve_device, thread_invariant
+
+KINDS = ("aif", "vof")
+
+
+def _build_aifnet(config: dict) -> AIFNet:
+    return AIFNet(AIFNetConfig.from_dict(config))
+
+
+def load_model(kind: str, folder: Optional[Path] = None, device="cpu") -> Tuple[AIFNet, Dict]:
+    """The AIF or VOF network and its manifest entry; WeightsError when the file is missing, its sha256
+    differs from the manifest, or it does not load as an AIFNet checkpoint."""
+    model, info = load_checkpoint(kind, _build_aifnet, folder, label="AIFNet")
+    info = dict(info)
+    info["config"] = AIFNetConfig.from_dict(info["config"]).to_dict()
+    return model.to(device), info
+
+
+PVOL_SLAB_VOXELS = 1 << 22
+"""Voxels per z-slab of the network's forward pass (plus its halo): bounds the activations' memory
+(widths x voxels x 4 bytes, ~0.5 GB at width 32) on whole-brain series."""
+
+TRAINED_SPACING_MM = 0.9
+"""The finest in-plane voxel size [mm] of the shipped networks' training data. A finer series (e.g. a
+512x512 matrix at 0.45 mm) is block-averaged in-plane by round(0.9 mm / spacing) before the network sees it,
+so that vessels have the size in voxels the network learned; Pvol is then spread evenly over each block."""
+
+
+def pool_factors(spacing_mm) -> Tuple[int, int]:
+    """In-plane block-averaging factors (fy, fx) that bring a series' voxels (x, y, z spacing in mm) close to
+    :data:`TRAINED_SPACING_MM` (1 when the voxels are already that large or larger)."""
+    return tuple(max(1, int(round(TRAINED_SPACING_MM / float(s)))) for s in (spacing_mm[1], spacing_mm[0]))
+
+
+def _block_mean(data: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """(..., y, x) -> (..., ceil(y/fy), ceil(x/fx)) float32 means over fy x fx blocks (edge blocks padded by
+    replicating the last row/column)."""
+    if fy == fx == 1:
+        return data
+    ny, nx = data.shape[-2:]
+    py, px = -ny % fy, -nx % fx
+    if py or px:
+        data = np.pad(data, [(0, 0)] * (data.ndim - 2) + [(0, py), (0, px)], mode="edge")
+    shape = data.shape[:-2] + (data.shape[-2] // fy, fy, data.shape[-1] // fx, fx)
+    return data.reshape(shape).mean(axis=(-3, -1), dtype=np.float32)
+
+
+def z_halo(model: torch.nn.Module) -> int:
+    """Slices of context each side that the network's output at one slice depends on (its z receptive
+    radius): the sum of kz // 2 over its 3D convolutions."""
+    return int(sum(m.kernel_size[0] // 2 for m in model.modules() if isinstance(m, torch.nn.Conv3d)))
+
+
+def predict_logits(model: AIFNet, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS,
+                   factors: Tuple[int, int] = (1, 1)) -> np.ndarray:
+    """The network's voxel logits, (z, ceil(y/fy), ceil(x/fx)) float32 on the series block-averaged in-plane
+    by ``factors``, computed slab by slab along z with a halo of :func:`z_halo` slices, so the result equals
+    one whole-volume pass while memory stays bounded."""
+    cfg = model.config
+    fy, fx = factors
+    nz, ny, nx = series.shape_zyx
+    cy, cx = -(-ny // fy), -(-nx // fx)
+    step = max(1, max_voxels // (ny * nx))  # the slab of full-resolution frames bounds the memory
+    halo = z_halo(model)
+    out = np.empty((nz, cy, cx), np.float32)
+    with torch.inference_mode():
+        for z0 in range(0, nz, step):
+            z1 = min(nz, z0 + step)
+            a, b = max(0, z0 - halo), min(nz, z1 + halo)
+            frames = network_frames(series.data[:, a:b], series.times_s, cfg.n_frames, cfg.dt_s)
+            x = _block_mean(frames, fy, fx)
+            logits = model.logits(torch.from_numpy(np.ascontiguousarray(x))[None].to(device))[0, 0]
+            out[z0:z1] = logits[z0 - a: z1 - a].float().cpu().numpy()
+    return out
+
+
+def predict_pvol(model: AIFNet, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS) -> np.ndarray:
+    """The probability volume (z, y, x) float32 of one network on a whole series: the softmax over every
+    voxel of :func:`predict_logits` (on the series block-averaged to the trained voxel size, see
+    :data:`TRAINED_SPACING_MM`), each block's probability shared evenly by its voxels; sums to 1."""
+    fy, fx = pool_factors(series.geometry.spacing_mm)
+    logits = predict_logits(model, series, device, max_voxels, (fy, fx))
+    coarse = torch.softmax(torch.from_numpy(logits).reshape(-1).double(), dim=0).reshape(logits.shape).numpy()
+    if fy == fx == 1:
+        pvol = coarse
+    else:
+        ny, nx = series.shape_zyx[1:]
+        pvol = np.repeat(np.repeat(coarse, fy, axis=1), fx, axis=2)[:, :ny, :nx]
+        pvol = pvol / pvol.sum()  # edge blocks cut by the crop
+    pvol = pvol.astype(np.float32)
+    if not np.all(np.isfinite(pvol)):
+        raise WeightsError("AIFNet produced a non-finite probability volume")
+    return pvol
+
+
+def recalibrate_vof(vof_hu: np.ndarray, vof_pvol: np.ndarray, ptb_hu: np.ndarray, n_baseline: int):
+    """VOF rescaled to the maximum of the Pvol-weighted peak-to-baseline volume (see module doc).
+    Returns (vof_hu, factor); factor 1 when the VOF has no positive enhancement."""
+    vof_hu = np.asarray(vof_hu, np.float64)
+    base = vof_hu[:max(1, n_baseline)].mean()
+    enh = vof_hu - base
+    peak = float(enh.max())
+    w = vof_pvol / max(float(vof_pvol.max()), 1e-30)
+    target = float(np.max(w * ptb_hu))
+    if peak <= 0 or target <= 0:
+        return vof_hu, 1.0
+    factor = target / peak
+    return base + factor * enh, factor
+
+
+def peak_to_baseline(series: CTPSeries, n_baseline: int) -> np.ndarray:
+    """(z, y, x) float32: every voxel's maximum minus its pre-contrast mean."""
+    from AIFSelectorLib.prepare.preprocessing import slabs
+    out = np.empty(series.shape_zyx, np.float32)
+    for zs in slabs(series.shape_zyx):
+        block = series.data[:, zs].astype(np.float32)
+        out[zs] = block.max(axis=0) - block[:max(1, n_baseline)].mean(axis=0)
+    return out
+
+
+MIN_CONCENTRATION = 0.05
+"""A Pvol whose most probable 1 % of voxels hold less than this fraction of the mass (5x a uniform Pvol)
+is "diffuse": the network found no vessel it is confident about, and the curve is close to a whole-brain
+average. (The VOF network trained with the Pearson loss spreads its Pvol over the sinus and its
+surroundings: 9-20 % in the top 1 % is normal for it; a failure sits near 2 %.)"""
+
+
+def concentration(pvol: np.ndarray, fraction: float = 0.01, min_voxels: int = 100) -> float:
+    """Fraction of the probability mass on the most probable ``fraction`` of the voxels (at least
+    ``min_voxels``)."""
+    flat = pvol.ravel()
+    k = min(max(min_voxels, int(fraction * flat.size)), flat.size)
+    return float(np.partition(flat, flat.size - k)[flat.size - k:].sum())
+
+
+def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Optional[Path] = None,
+                  n_baseline: int = 3, peak_enh_hu: Optional[np.ndarray] = None,
+                  classic: Optional[Callable[[], InputFunctions]] = None) -> InputFunctions:
+    """AIF and VOF of a series by AIFNet. n_baseline: pre-contrast frames (the pipeline's bolus
+    detection); peak_enh_hu: the PTB volume when already computed (z, y, x). classic: a callable giving the
+    classic selector's functions, used (with a warning) for a function whose Pvol is diffuse
+    (:data:`MIN_CONCENTRATION`); without it a diffuse Pvol only gives a warning."""
+    dev = resolve_device(device)
+    aif_model, aif_info = load_model("aif", folder, dev)
+    vof_model, vof_info = load_model("vof", folder, dev)
+    with thread_invariant(dev):
+        aif_pvol = predict_pvol(aif_model, series, dev)
+        vof_pvol = predict_pvol(vof_model, series, dev)
+    aif_hu = dense_weighted_curve(series, aif_pvol)
+    vof_raw = dense_weighted_curve(series, vof_pvol)
+    ptb = peak_enh_hu if peak_enh_hu is not None else peak_to_baseline(series, n_baseline)
+    vof_hu, factor = recalibrate_vof(vof_raw, vof_pvol, ptb, n_baseline)
+    warnings = []
+    conc = {"aif": concentration(aif_pvol), "vof": concentration(vof_pvol)}
+    replaced = []
+    for kind in ("aif", "vof"):
+        if conc[kind] >= MIN_CONCENTRATION:
+            continue
+        note = (f"the AIFNet {kind.upper()} probability volume is diffuse (its most probable 1 % of voxels "
+                f"hold {100 * conc[kind]:.1f} % of the mass)")
+        alt = classic() if classic is not None else None
+        alt_curve = None if alt is None else (alt.aif_hu if kind == "aif" else alt.vof_hu)
+        if alt_curve is None:
+            warnings.append(note + ": check the curve and the Pvol map")
+            continue
+        warnings.append(note + f": the classic selector's {kind.upper()} is used instead")
+        replaced.append(kind)
+        if kind == "aif":
+            aif_hu, aif_pvol = alt.aif_hu, alt.aif_pvol
+        else:
+            vof_hu, vof_pvol, factor = alt.vof_hu, alt.vof_pvol, 1.0
+    if float(np.max(aif_hu - aif_hu[:max(1, n_baseline)].mean())) < 20.0:
+        warnings.append("the AIFNet AIF barely enhances (< 20 HU): check the series and the Pvol map")
+    return InputFunctions(
+        times_s=series.times_s.copy(), aif_hu=aif_hu, vof_hu=vof_hu, aif_pvol=aif_pvol, vof_pvol=vof_pvol,
+        method="aifnet", warnings=warnings,
+        details={"device": str(dev), "vof_recalibration_factor": float(factor),
+                 "pvol_concentration": conc, "replaced_by_classic": replaced,
+                 "aif_pvol_max": float(aif_pvol.max()), "vof_pvol_max": float(vof_pvol.max()),
+                 "models": {"aifnet_aif": _short(aif_info), "aifnet_vof": _short(vof_info)}})
+
+
+def dense_weighted_curve(series: CTPSeries, pvol: np.ndarray) -> np.ndarray:
+    """sum_v Pvol(v) CTP(t, v) (t,) HU, as input_functions.weighted_curve, for a softmax Pvol that is
+    positive everywhere (no voxel selection). Summed in float64 by numpy's pairwise reduction, not by a
+    BLAS product whose threads would change the order of the sum (and so the last bits)."""
+    from AIFSelectorLib.prepare.preprocessing import slabs
+    out = np.zeros(series.n_frames)
+    t = series.n_frames
+    for zs in slabs(series.shape_zyx, max_voxels=1 << 18):
+        block = series.data[:, zs].reshape(t, -1).astype(np.float64)
+        block *= pvol[zs].reshape(1, -1)
+        out += block.sum(axis=1)
+    return out
+
+
+def _short(info: Dict) -> Dict:
+    return {"version": info["version"], "file": info["file"], "sha256": info["sha256"]}

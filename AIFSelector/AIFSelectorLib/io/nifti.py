@@ -1,0 +1,269 @@
+"""NIfTI-1/2 files through nibabel: checked opening, geometry in LPS, and writing.
+
+Every image is checked before a voxel is allocated: a regular file (not a FIFO or device), a header nibabel
+parses, a data offset inside the file, a voxel type that holds real numbers, voxel spacings that are finite
+and in PLAUSIBLE_SPACING_MM, and a declared size that the file really holds (uncompressed: its length;
+gzip: the length in its trailer) and that fits in the memory available. Each failure is one InputError line.
+
+Geometry: nibabel's affine maps (i, j, k) to RAS; ITK/SimpleITK and :class:`VolumeGeometry` use LPS, so
+the first two rows change sign. The affine is nibabel's best one (sform when set, else qform).
+"""
+import contextlib
+import gzip
+import logging
+import os
+import stat
+import struct
+import zlib
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from AIFSelectorLib.ctp_series import VolumeGeometry
+from AIFSelectorLib.errors import InputError
+
+PLAUSIBLE_SPACING_MM = (0.05, 50.0)
+"""Voxel spacings [mm] outside this range are a broken header (CT/MR voxels are 0.1-10 mm)."""
+
+MEMORY_HEADROOM = 3.0
+"""An image is refused when this many times its size as float32 exceeds the memory available (the
+pipeline holds the series, its denoised copy and the maps; see the README's memory figures)."""
+
+_REAL_KINDS = "iuf"
+
+
+def require_regular_file(path, what: str = "file") -> Path:
+    """``path`` when it is a regular file (or a link to one); InputError for missing paths, FIFOs,
+    devices and sockets, which would block or stream forever."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path.name} is not a regular file (a pipe, device or socket): refusing to read it")
+    return path
+
+
+def available_memory_bytes() -> Optional[int]:
+    """MemAvailable from /proc/meminfo (Linux), else the free physical pages; None when unknown."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(n_values: int, name: str) -> None:
+    """InputError when ``n_values`` float32 values (times MEMORY_HEADROOM) do not fit in available memory."""
+    need = MEMORY_HEADROOM * 4.0 * n_values
+    free = available_memory_bytes()
+    if free is not None and need > free:
+        raise InputError(f"{name} declares {n_values:,} voxel values, about {need / 2**30:.1f} GiB to process "
+                         f"with {free / 2**30:.1f} GiB of memory available: refusing to allocate it")
+
+
+def _gzip_isize(path: Path) -> int:
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", f.read(4))[0]
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _gzip_length(path: Path, limit: int) -> int:
+    """Decompressed length of a gzip file, read up to ``limit`` bytes (stops there); InputError when corrupt."""
+    got = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while got < limit:
+                block = f.read(min(1 << 24, limit - got))
+                if not block:
+                    break
+                got += len(block)
+    except (OSError, EOFError, zlib.error):
+        raise InputError(f"cannot read {path.name}: the file is truncated or corrupted "
+                         f"(compressed data end after {got} bytes)") from None
+    return got
+
+
+def open_nifti(path, ctp: bool = False):
+    """(nibabel image, geometry) of a checked NIfTI file (see the module doc). ``ctp``: the image must hold
+    CT numbers, so 8-bit voxels (which cannot hold -1024..3071 HU) are refused too. Nothing is read
+    beyond the header and, for gzip files whose trailer disagrees with the header, a bounded stream."""
+    import nibabel as nib
+
+    path = require_regular_file(path)
+    bad = f"cannot read {path.name}: not a NIfTI image, or it is truncated or corrupted"
+    _check_raw_header(path, bad)
+    try:
+        with _quiet_nibabel():
+            img = nib.load(str(path), mmap=False)
+        header = img.header
+        shape = tuple(int(d) for d in header.get_data_shape())
+        dtype = header.get_data_dtype()
+    except Exception:  # noqa: BLE001 - nibabel raises many types for broken headers
+        raise InputError(bad) from None
+    if dtype.names is not None or dtype.kind not in _REAL_KINDS or dtype.itemsize == 0:
+        what = "RGB colour " if dtype.names is not None else f"{dtype} "
+        raise InputError(f"{path.name} holds {what}voxels, not real numbers: a CT or MR image holds one "
+                         f"real value per voxel")
+    if ctp and dtype.itemsize == 1:
+        raise InputError(f"{path.name} holds 8-bit voxels ({dtype}), which cannot hold CT numbers "
+                         f"(-1024 to 3071 HU): the image was clipped or is not a CT in HU")
+    if not shape or min(shape) < 1:
+        raise InputError(f"cannot read {path.name}: corrupted NIfTI header (size {shape})")
+    offset = int(img.dataobj.offset)
+    single = isinstance(img, (nib.Nifti1Image, nib.Nifti2Image))
+    n_values = int(np.prod(shape, dtype=np.float64))
+    nbytes = n_values * dtype.itemsize
+    data_file = Path(img.file_map["image"].filename) if not single else path
+    if not single:
+        require_regular_file(data_file, "NIfTI image data")
+    expected = offset + nbytes
+    compressed = _is_gzip(data_file)
+    if not compressed and data_file.stat().st_size < expected:
+        raise InputError(f"cannot read {data_file.name}: the file is truncated or corrupted "
+                         f"({data_file.stat().st_size} of {expected} bytes)")
+    check_memory(n_values, path.name)
+    if compressed and _gzip_isize(data_file) != expected % (1 << 32):
+        got = _gzip_length(data_file, expected)
+        if got < expected:
+            raise InputError(f"cannot read {data_file.name}: the file is truncated or corrupted "
+                             f"({got} of {expected} bytes)")
+    return img, geometry_of_affine(img.affine, header, path.name)
+
+
+@contextlib.contextmanager
+def _quiet_nibabel():
+    """nibabel logs the header fields it repairs; the raw header was checked first, so those are noise."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_raw_header(path: Path, bad: str) -> None:
+    """Checks the header as stored, before nibabel repairs it (nibabel turns a zero spacing into 1 mm and
+    a negative data offset into 352): spacings of the used spatial axes finite and positive, the data
+    offset of a single file at least the header size."""
+    import nibabel as nib
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:
+            raw = f.read(540)
+        size = struct.unpack("<i", raw[:4])[0]
+        endian = "<" if size in (348, 540) else ">"
+        size = struct.unpack(endian + "i", raw[:4])[0]
+        if size == 348:
+            dim = struct.unpack(endian + "8h", raw[40:56])
+            pixdim = struct.unpack(endian + "8f", raw[76:108])
+            vox_offset, magic, min_offset = struct.unpack(endian + "f", raw[108:112])[0], raw[344:347], 352
+        elif size == 540:
+            dim = struct.unpack(endian + "8q", raw[16:80])
+            pixdim = struct.unpack(endian + "8d", raw[104:168])
+            vox_offset, magic, min_offset = struct.unpack(endian + "q", raw[168:176])[0], raw[4:7], 544
+        else:
+            raise ValueError(size)
+    except (OSError, EOFError, zlib.error, struct.error, ValueError):
+        raise InputError(bad) from None
+    if magic not in (b"n+1", b"ni1", b"n+2", b"ni2"):
+        raise InputError(bad)
+    n_spatial = min(max(int(dim[0]), 0), 3)
+    spacing = pixdim[1:1 + n_spatial]
+    if not all(np.isfinite(spacing)) or min(spacing, default=1.0) <= 0:
+        raise InputError(f"{path.name}: voxel spacing ({', '.join(f'{p:g}' for p in spacing)} mm) is zero, negative "
+                         f"or not a number: the header is broken")
+    if magic in (b"n+1", b"n+2") and not (np.isfinite(vox_offset) and vox_offset >= min_offset):
+        raise InputError(f"{path.name}: corrupted NIfTI header (voxel data offset {vox_offset:g}, must be at "
+                         f"least {min_offset})")
+
+
+def geometry_of_affine(affine_ras: np.ndarray, header, name: str) -> VolumeGeometry:
+    """LPS VolumeGeometry of the first three axes; InputError for zero, NaN or implausible spacings."""
+    zooms = [float(z) for z in header.get_zooms()[:3]]
+    m = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine_ras, dtype=np.float64)[:3, :]
+    columns = m[:, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    lo, hi = PLAUSIBLE_SPACING_MM
+    for value in list(spacing) + zooms[:len(spacing)]:
+        if not np.isfinite(value) or not lo <= value <= hi:
+            shown = ", ".join(f"{z:g}" for z in zooms)
+            raise InputError(f"{name}: voxel spacing ({shown} mm) is zero, not a number or implausible "
+                             f"(expected {lo:g}-{hi:g} mm): the header is broken")
+    if not np.all(np.isfinite(m)):
+        raise InputError(f"{name}: the image orientation (affine) holds NaN or infinite values")
+    direction = columns / spacing[None, :]
+    return VolumeGeometry(tuple(spacing), tuple(m[:, 3]), direction)
+
+
+def read_array(img, dtype_scaled=np.float32) -> np.ndarray:
+    """The voxels (x, y, z[, t]) of a checked image in the file's dtype, or float32 when the header scales
+    them (scl_slope/scl_inter), without nibabel's float64 promotion."""
+    try:
+        raw = np.asarray(img.dataobj.get_unscaled())
+    except (OSError, EOFError, zlib.error, ValueError):
+        raise InputError(f"cannot read {Path(img.get_filename()).name}: the file is truncated or "
+                         f"corrupted") from None
+    slope, inter = img.dataobj.slope, img.dataobj.inter
+    if np.isfinite(slope) and slope != 0 and (slope != 1 or (np.isfinite(inter) and inter != 0)):
+        scaled = raw.astype(dtype_scaled if raw.dtype != np.float64 else np.float64)
+        scaled *= slope
+        if np.isfinite(inter):
+            scaled += inter
+        return scaled
+    return raw
+
+
+def time_unit_s(header) -> Optional[float]:
+    """Seconds per unit of the header's time axis (s, ms, us), None when the header names none."""
+    unit = header.get_xyzt_units()[1]
+    return {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)
+
+
+def affine_ras(geometry: VolumeGeometry) -> np.ndarray:
+    """The 4x4 RAS affine nibabel writes for an LPS geometry."""
+    d = np.asarray(geometry.direction).reshape(3, 3) * np.asarray(geometry.spacing_mm)[None, :]
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = d, geometry.origin_mm
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ m
+
+
+def write_nifti(path, array_xyz: np.ndarray, geometry: VolumeGeometry, dt_s: Optional[float] = None,
+                t0_s: float = 0.0) -> None:
+    """Writes ``array_xyz`` ((x, y, z) or (x, y, z, t)) to ``path`` (.nii or .nii.gz) with qform and sform
+    (code 1, scanner) on ``geometry``; spatial unit mm, time unit s, pixdim[4] = ``dt_s``, toffset = ``t0_s``.
+    Write errors (full disk, file size limit) raise OSError; callers write to a temporary name."""
+    import nibabel as nib
+
+    affine = affine_ras(geometry)
+    img = nib.Nifti1Image(array_xyz, affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    if array_xyz.ndim == 4:
+        img.header.set_zooms(tuple(geometry.spacing_mm) + (float(dt_s),))
+        img.header["toffset"] = float(t0_s)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+
+
+def nifti_image_bytes(path) -> Tuple[int, int]:
+    """(data offset, image bytes) a NIfTI file's header declares, for checking a written file."""
+    import nibabel as nib
+    img = nib.load(str(path), mmap=False)
+    shape = img.header.get_data_shape()
+    return int(img.dataobj.offset), int(np.prod(shape)) * img.header.get_data_dtype().itemsize

@@ -1,0 +1,57 @@
+"""Where the networks run: CUDA or the CPU, found without importing torch until it is needed, and a
+thread count on the CPU that makes their results independent of the machine."""
+import contextlib
+import importlib.util
+import os
+from typing import Iterator, Optional
+
+from AIFSelectorLib.errors import InputError
+
+
+def torch_available() -> bool:
+    """True when torch can be imported (checked without importing it)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def nvidia_driver_present() -> bool:
+    """A cheap test for a CUDA-capable GPU (its driver), so that torch is not imported in vain."""
+    if os.path.exists("/proc/driver/nvidia/version"):
+        return True
+    system_root = os.environ.get("SystemRoot")
+    return bool(system_root) and os.path.exists(os.path.join(system_root, "System32", "nvcuda.dll"))
+
+
+def resolve_device(device: Optional[str] = "auto"):
+    """The torch.device for 'auto' (or None: CUDA when present, else CPU), 'cpu' or 'cuda'; 'cuda' without
+    CUDA is an InputError."""
+    import torch
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return torch.device(device)
+
+
+INFERENCE_CPU_THREADS = 1
+"""torch threads for network inference on the CPU. A convolution's sums are reduced in an order that
+depends on the thread count, so its float results do (by ~1e-5); the AIF taken from them then moves the
+maps' thresholded decisions. One thread makes every model output the same on every machine (measured:
+AIFNet on 8 x 256 x 256 x 40 frames, 1.26 s on one thread, 0.90 s on two)."""
+
+
+@contextlib.contextmanager
+def thread_invariant(device) -> Iterator[None]:
+    """Runs torch on the CPU with INFERENCE_CPU_THREADS threads (restored after), so that the result does
+    not depend on the machine's core count; nothing changes on CUDA."""
+    import torch
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(INFERENCE_CPU_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

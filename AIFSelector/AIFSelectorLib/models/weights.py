@@ -1,0 +1,121 @@
+"""Shipped model weights: one manifest, sha256 checked before anything is unpickled.
+
+Weights live in ``Resources/models`` at the repository root with ``manifest.json``:
+``{"format": 1, "models": {NAME: {"file", "sha256", "size_bytes", "version", "config", ...}}}``.
+A file is read once; those bytes are hashed and compared with its manifest entry, and only then does
+``torch.load(..., weights_only=True)`` read the same bytes (never the file again, which could have changed
+in between), so a corrupted or substituted file is refused, never unpickled. The checkpoint's own kind
+(``config['kind']``) and version (``meta['version']``) must match the manifest entry's. ``STROKELESION_MODELS_DIR``
+overrides the folder. Every model of the project (AIFNet, the lesion models) loads through here.
+
+Missing, corrupted or unreadable weights raise :class:`WeightsError` (an :class:`InputError`). torch is
+imported only to load a checkpoint, so checking a manifest or a file's sha256 does not load it. Writing
+checkpoints and manifest entries is training's business (training/common/weights_io.py).
+"""
+import hashlib
+import io
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+from AIFSelectorLib.errors import InputError
+
+MANIFEST = "manifest.json"
+
+
+class WeightsError(InputError):
+    """Model weights are missing, corrupted or do not match the manifest."""
+
+
+def models_dir() -> Path:
+    """The folder holding the shipped weights: $STROKELESION_MODELS_DIR, else <repo>/Resources/models
+    (this file is <repo>/AIFSelector/AIFSelectorLib/models/weights.py; an editable install keeps it there)."""
+    env = os.environ.get("STROKELESION_MODELS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "Resources" / "models"
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(folder: Optional[Path] = None) -> dict:
+    """The manifest ``{"format": 1, "models": {NAME: entry}}``; WeightsError (one line) when it is missing,
+    not JSON, or not of that shape."""
+    folder = Path(folder) if folder is not None else models_dir()
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise WeightsError(f"model manifest not found: {path}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"model manifest {path} is unreadable: {e}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("models", {}), dict) or not all(
+            isinstance(e, dict) for e in manifest.get("models", {}).values()):
+        raise WeightsError(f"model manifest {path} is malformed: expected an object with a 'models' object of "
+                           f"entries")
+    return manifest
+
+
+def load_checkpoint(name: str, build: Callable[[dict], object], folder: Optional[Path] = None,
+                    label: str = "model") -> Tuple[object, Dict]:
+    """The network of manifest entry ``name`` in eval mode on the CPU, and an info dict (file, sha256,
+    version, config). ``build(config_dict)`` makes the untrained network the checkpoint's ``state_dict``
+    loads into; the checkpoint is ``{"format", "config", "state_dict", "meta"}``. ``label`` names the
+    model in error messages. Cached on the file's identity (path, mtime, size): a changed file is re-hashed."""
+    folder = Path(folder) if folder is not None else models_dir()
+    entry = read_manifest(folder).get("models", {}).get(name)
+    if not entry or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
+        raise WeightsError(f"the model manifest in {folder} has no '{name}' entry ({label})")
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise WeightsError(f"{label} weights not found: {path}")
+    st = path.stat()
+    expected = (str(entry.get("config", {}).get("kind", "")) if isinstance(entry.get("config"), dict) else "",
+                str(entry.get("version", "")))
+    return _load_checked(str(path.resolve()), entry["sha256"], build, label, st.st_mtime_ns, st.st_size,
+                         expected)
+
+
+@lru_cache(maxsize=8)
+def _load_checked(path: str, expected_sha256: str, build, label: str, mtime_ns: int = 0, size: int = 0,
+                  expected_kind_version=("", "")):
+    import torch
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            content = f.read()
+    except OSError as e:
+        raise WeightsError(f"{label} weights {p.name} cannot be read: {e.strerror}") from None
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != expected_sha256:
+        raise WeightsError(f"{label} weights {p.name} are corrupted or modified "
+                           f"(sha256 {digest[:12]}..., manifest says {expected_sha256[:12]}...)")
+    try:
+        ckpt = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+        config, meta = ckpt["config"], ckpt.get("meta", {})
+    except Exception as e:  # noqa: BLE001 - any failure to read the checkpoint means unusable weights
+        raise WeightsError(f"{label} weights {p.name} could not be loaded: {type(e).__name__}: {e}") from None
+    kind, version = expected_kind_version
+    if kind and str(config.get("kind", "")) != kind:
+        raise WeightsError(f"{label} weights {p.name} hold a '{config.get('kind')}' model, the manifest entry "
+                           f"says '{kind}'")
+    if version and "version" in meta and str(meta["version"]) != version:
+        raise WeightsError(f"{label} weights {p.name} are version {meta['version']}, the manifest entry says "
+                           f"{version}")
+    try:
+        model = build(config)
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as e:  # noqa: BLE001
+        raise WeightsError(f"{label} weights {p.name} could not be loaded: {type(e).__name__}: {e}") from None
+    model.eval()
+    info = {"file": p.name, "sha256": digest, "format": ckpt.get("format", "?"), "config": dict(ckpt["config"]),
+            "version": ckpt.get("meta", {}).get("version", digest[:12])}
+    return model, info

@@ -1,0 +1,49 @@
+"""How the AIFSelector module shows things: map windows, units and colour tables, the Pvol colours, the
+curve chart's series styles, the markups colours and the six-view compare layout. Constants only, shared
+by the Logic, the scene bundle and the web app."""
+
+MAP_DISPLAY = {
+    # name: (node name, unit, window/level min and max, colour node IDs in order of preference)
+    "cbf": ("CBF", "ml/100g/min", (0.0, 80.0)),
+    "cbv": ("CBV", "ml/100g", (0.0, 6.0)),
+    "mtt": ("MTT", "s", (0.0, 16.0)),
+    "tmax": ("Tmax", "s", (0.0, 12.0)),
+    "ttp": ("TTP", "s", None),
+    "rcbf": ("rCBF", "fraction of control", (0.0, 1.5)),
+    "rcbv": ("rCBV", "fraction of control", (0.0, 1.5)),
+}
+MAP_COLORS = ("vtkMRMLColorTableNodeFileColdToHotRainbow.txt", "vtkMRMLColorTableNodeRainbow")
+PVOL_COLORS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLPETProceduralColorNodePET-Heat")
+
+CURVE_COLUMNS = ("time_s", "aif_hu", "vof_hu", "aif_auto_hu", "vof_auto_hu", "tissue_hu")
+SERIES_STYLE = {
+    # plot series name: (table column, colour, line style)
+    "AIF": ("aif_hu", (0.85, 0.1, 0.1), "solid"),
+    "VOF": ("vof_hu", (0.1, 0.3, 0.9), "solid"),
+    "Tissue (cursor)": ("tissue_hu", (0.1, 0.65, 0.2), "solid"),
+    "AIF (automatic)": ("aif_auto_hu", (0.85, 0.5, 0.5), "dash"),
+    "VOF (automatic)": ("vof_auto_hu", (0.5, 0.6, 0.9), "dash"),
+}
+
+COMPARE_LAYOUT_ID = 5120
+COMPARE_VIEWS = ("CBF", "CBV", "MTT", "Tmax", "TTP", "rCBF")
+_VIEW_COLORS = ("#E17012", "#9A1B1B", "#2B8C3B", "#1B5EA6", "#7A3EA0", "#B08B18")
+COMPARE_LAYOUT_XML = (
+    '<layout type="vertical">'
+    + "".join(
+        '<item><layout type="horizontal">'
+        + "".join(
+            f'<item><view class="vtkMRMLSliceNode" singletontag="{v}">'
+            '<property name="orientation" action="default">Axial</property>'
+            f'<property name="viewlabel" action="default">{v}</property>'
+            f'<property name="viewcolor" action="default">{c}</property>'
+            '<property name="viewgroup" action="default">1</property>'
+            '</view></item>'
+            for v, c in zip(COMPARE_VIEWS[row * 3:row * 3 + 3], _VIEW_COLORS[row * 3:row * 3 + 3]))
+        + '</layout></item>'
+        for row in range(2))
+    + '</layout>')
+"""Six linked axial views, one per map (CBF, CBV, MTT / Tmax, TTP, rCBF)."""
+
+MARKUPS = {"artery": ("arteryMarkups", "AIF arteries", (0.9, 0.1, 0.1)),
+           "vein": ("veinMarkups", "VOF veins", (0.1, 0.3, 0.9))}

@@ -1,0 +1,1 @@
+"""Stage 1, preparation: bolus arrival, baseline, brain/vessel masks, denoising of tissue curves."""

@@ -1,0 +1,200 @@
+"""Edge-preserving denoising of tissue enhancement curves before deconvolution.
+
+A Gaussian blur of the frames averages grey matter with the white matter and CSF beside it (the cortex is
+2-4 mm thick) and the ischaemic core with the penumbra around it: on the phantom it took grey-matter CBV
+24 % low. Here voxels are averaged only with neighbours whose whole curve looks alike, in the spirit of the
+time-intensity profile similarity (TIPS) bilateral filter of Mendrik et al. (Phys Med Biol 2011;56:3857):
+
+1. Temporal basis. The mean and the first ``N_COMPONENTS`` principal components of the tissue curves (a
+   random sample of voxels). Every curve is kept as its coefficients in this basis: the filter and the stored
+   curves cost ``N_COMPONENTS`` numbers per voxel instead of one per frame, and the curves lose only the noise
+   outside the basis (on the noise-free phantom the maps do not change).
+2. Guide. The first ``GUIDE_COMPONENTS`` coefficients, lightly blurred (``GUIDE_SIGMA_MM``), and the voxel's
+   temporal-mean HU, which separates grey matter, white matter and CSF (35-40, 25-30, 0-15 HU before contrast).
+3. Filter. In-plane, within the tissue mask: weight(p, q) = spatial Gaussian (``sigma_mm``)
+   x exp(-|guide_p - guide_q|^2 / (RANGE_SCALE^2 E_noise)) x exp(-(mean_p - mean_q)^2 / (2 s_mean^2)),
+   where E_noise is the guide distance that noise alone gives two identical voxels (from the noise SD measured
+   on the series, so the filter adapts to the dose) and s_mean^2 = MEAN_RANGE_HU^2 + the temporal mean's own
+   noise variance.
+
+Shapes: series (t, z, y, x) HU; volumes (z, y, x); curves (n_voxels, t); coefficients (n_voxels, K).
+"""
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from AIFSelectorLib.ctp_series import CTPSeries
+from AIFSelectorLib.prepare.preprocessing import enhancement, slabs, usable_cores
+
+N_COMPONENTS = 8
+"""Principal components kept per curve (fewer, e.g. 5, bias the timing of grey matter on the phantom)."""
+GUIDE_COMPONENTS = 5
+"""Leading components that decide which neighbours look alike."""
+GUIDE_SIGMA_MM = 1.0
+"""Gaussian blur [mm] of the guide coefficients (the weights, not the data)."""
+RANGE_SCALE = 2.0
+"""A neighbour whose guide distance is RANGE_SCALE^2 times the noise-only distance gets weight 1/e."""
+MEAN_RANGE_HU = 2.0
+"""Tolerance [HU] on the temporal-mean difference (grey and white matter differ by ~10 HU)."""
+SPATIAL_CUTOFF = 0.05
+"""Neighbours whose spatial weight is below this are left out (the kernel's support)."""
+SAMPLE_VOXELS = 50000
+"""Tissue curves sampled to find the temporal basis."""
+NOISE_FLOOR_HU = 0.01
+"""The noise SD used when the series measures less (noise-free or flat curves): only equal curves mix."""
+
+
+@dataclass
+class DenoisedCurves:
+    """Denoised enhancement curves of the voxels of ``mask``, as coefficients in a temporal basis.
+
+    mask: (z, y, x) bool; coefficients: (n_mask, K) float32 in the C order of ``mask``; mean_curve: (t,) and
+    basis: (K, t) float32 [HU]; noise_hu: the per-frame noise SD measured on the series [HU]; sigma_mm: the
+    spatial scale of the filter [mm].
+    """
+
+    mask: np.ndarray
+    coefficients: np.ndarray
+    mean_curve: np.ndarray
+    basis: np.ndarray
+    noise_hu: float
+    sigma_mm: float
+
+    def __post_init__(self):
+        per_slice = self.mask.reshape(self.mask.shape[0], -1).sum(axis=1)
+        self._first_row = np.concatenate([[0], np.cumsum(per_slice)])
+
+    def rows(self, zs: slice) -> slice:
+        """The rows of ``coefficients`` that hold the mask's voxels in the slices ``zs`` (step 1)."""
+        return slice(self._first_row[zs.start], self._first_row[zs.stop])
+
+    def curves(self, zs: slice, where: np.ndarray) -> np.ndarray:
+        """Curves (n, t) float32 [HU] of the voxels of ``where`` (bool, the (z, y, x) shape of the slab
+        ``zs``), in C order; every voxel of ``where`` must be in ``mask``."""
+        inside = where[self.mask[zs]]
+        if int(inside.sum()) != int(where.sum()):
+            raise ValueError("curves asked for voxels that were not denoised")
+        return self.coefficients[self.rows(zs)][inside] @ self.basis + self.mean_curve
+
+
+def noise_sd_hu(curves: np.ndarray) -> float:
+    """Per-frame noise SD [HU] of curves (n, t): from the median absolute second difference along time (6 times
+    the noise variance for white noise; the bolus curvature of tissue is small beside it)."""
+    d2 = np.diff(np.asarray(curves, np.float32), n=2, axis=1)
+    return float(1.4826 * np.median(np.abs(d2)) / np.sqrt(6.0))
+
+
+def temporal_basis(curves: np.ndarray, n_components: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Mean (t,) and the first ``n_components`` principal directions (K, t) of curves (n, t), float32."""
+    curves = np.asarray(curves, np.float64)
+    mean = curves.mean(axis=0)
+    _, _, vt = np.linalg.svd(curves - mean, full_matrices=False)
+    return mean.astype(np.float32), vt[:min(n_components, len(vt))].astype(np.float32)
+
+
+def _smoothed_noise_factor(sigma_px: Tuple[float, float]) -> float:
+    """Variance of white noise after a (normalised) in-plane Gaussian of sigma_px, relative to before."""
+    r = [int(np.ceil(4 * s)) for s in sigma_px]
+    delta = np.zeros((2 * r[0] + 1, 2 * r[1] + 1))
+    delta[r[0], r[1]] = 1.0
+    kernel = ndimage.gaussian_filter(delta, sigma_px, truncate=4.0)
+    return float((kernel ** 2).sum())
+
+
+def _masked_blur(images: np.ndarray, mask: np.ndarray, sigma_px: Tuple[float, float]) -> np.ndarray:
+    """Normalised in-plane Gaussian of images (c, z, y, x) within mask (z, y, x); zero outside."""
+    m = mask.astype(np.float32)
+    weight = ndimage.gaussian_filter(m, (0,) + tuple(sigma_px))
+    out = ndimage.gaussian_filter(images * m, (0, 0) + tuple(sigma_px))
+    return np.divide(out, weight, out=np.zeros_like(out), where=mask & (weight > 1e-3))
+
+
+def profile_filter(coefficients: np.ndarray, guide: np.ndarray, mean_hu: np.ndarray, mask: np.ndarray,
+                   sigma_px: Tuple[float, float], guide_noise_d2: float, mean_var: float) -> np.ndarray:
+    """The bilateral filter of the module doc on one slab.
+
+    coefficients (K, z, y, x), guide (G, z, y, x), mean_hu (z, y, x), mask (z, y, x) bool; sigma_px: spatial
+    SD (y, x) in voxels; guide_noise_d2: expected squared guide distance of two noisy identical voxels;
+    mean_var: s_mean^2 [HU^2]. Returns the filtered coefficients (K, z, y, x), zero outside mask.
+    Each pair of neighbours is visited once (the weight is symmetric).
+    """
+    m = mask.astype(np.float32)
+    num = coefficients * m
+    den = m.copy()
+    ny, nx = mask.shape[1:]
+    ry, rx = (int(np.sqrt(-2.0 * np.log(SPATIAL_CUTOFF)) * s) for s in sigma_px)
+    inv_range = np.float32(1.0 / (RANGE_SCALE ** 2 * guide_noise_d2))
+    inv_mean = np.float32(0.5 / mean_var)
+    for dy in range(0, ry + 1):
+        for dx in range(-rx, rx + 1):
+            if dy == 0 and dx <= 0:
+                continue
+            spatial = np.exp(-0.5 * ((dy / sigma_px[0]) ** 2 + (dx / sigma_px[1]) ** 2))
+            if spatial < SPATIAL_CUTOFF or dy >= ny or abs(dx) >= nx:
+                continue
+            a = (slice(None), slice(0, ny - dy), slice(max(0, -dx), nx - max(0, dx)))  # p
+            b = (slice(None), slice(dy, ny), slice(max(0, dx), nx - max(0, -dx)))      # q = p + (dy, dx)
+            both = m[a] * m[b]
+            if not both.any():
+                continue
+            diff = guide[(slice(None),) + a] - guide[(slice(None),) + b]
+            arg = np.einsum("g...,g...->...", diff, diff) * inv_range
+            d_mean = mean_hu[a] - mean_hu[b]
+            arg += d_mean * d_mean * inv_mean
+            w = np.exp(-arg)
+            w *= np.float32(spatial)
+            w *= both
+            den[a] += w
+            den[b] += w
+            num[(slice(None),) + a] += w * coefficients[(slice(None),) + b]
+            num[(slice(None),) + b] += w * coefficients[(slice(None),) + a]
+    return np.divide(num, den, out=np.zeros_like(num), where=mask & (den > 0))
+
+
+def denoise(series: CTPSeries, baseline_hu: np.ndarray, mean_hu: np.ndarray, mask: np.ndarray,
+            sigma_mm: float, seed: int = 0, workers: Optional[int] = None) -> DenoisedCurves:
+    """Denoised enhancement curves of ``mask`` (the tissue: parenchyma without vessels) of a uniform series.
+
+    baseline_hu, mean_hu: (z, y, x) pre-contrast and temporal-mean images [HU]; sigma_mm: in-plane spatial SD of
+    the filter [mm] (0: the curves are only projected on the temporal basis). The filter runs slab by slab
+    (in-plane, so slabs are independent), ``workers`` slabs at a time (default: the usable cores).
+    """
+    mask = np.asarray(mask, bool)
+    n_mask = int(mask.sum())
+    idx = np.flatnonzero(mask)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(idx, size=min(SAMPLE_VOXELS, n_mask), replace=False))
+    z, y, x = np.unravel_index(pick, mask.shape)
+    sample = enhancement(series.data[:, z, y, x], baseline_hu[z, y, x]).T
+    mean_curve, basis = temporal_basis(sample, N_COMPONENTS)
+    noise = max(noise_sd_hu(sample), NOISE_FLOOR_HU)
+    sy, sx = series.geometry.spacing_mm[1], series.geometry.spacing_mm[0]
+    sigma_px = (sigma_mm / sy, sigma_mm / sx)
+    guide_px = (GUIDE_SIGMA_MM / sy, GUIDE_SIGMA_MM / sx)
+    n_guide = min(GUIDE_COMPONENTS, len(basis))
+    guide_noise_d2 = 2.0 * n_guide * noise ** 2 * _smoothed_noise_factor(guide_px)
+    mean_var = MEAN_RANGE_HU ** 2 + 2.0 * noise ** 2 / series.n_frames
+    out = DenoisedCurves(mask, np.empty((n_mask, len(basis)), np.float32), mean_curve, basis, noise, sigma_mm)
+
+    def one_slab(zs: slice):
+        m = mask[zs]
+        if not m.any():
+            return
+        ys, xs = np.nonzero(m.any(axis=0))
+        crop = (zs, slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        mc = mask[crop]
+        curves = enhancement(series.data[(slice(None),) + crop][:, mc], baseline_hu[crop][mc]).T
+        c = np.zeros((len(basis),) + mc.shape, np.float32)
+        c[:, mc] = ((curves - mean_curve) @ basis.T).T
+        if sigma_mm > 0:
+            guide = _masked_blur(c[:n_guide], mc, guide_px)
+            c = profile_filter(c, guide, mean_hu[crop].astype(np.float32), mc, sigma_px, guide_noise_d2, mean_var)
+        out.coefficients[out.rows(zs)] = c[:, mc].T
+
+    work = list(slabs(mask.shape, max_voxels=1 << 17))
+    with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool:
+        list(pool.map(one_slab, work))
+    return out

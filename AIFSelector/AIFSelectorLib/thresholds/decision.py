@@ -1,0 +1,68 @@
+"""Core and penumbra from perfusion maps, island removal and the volumes a stroke team decides on.
+
+core = rCBF < core_rcbf (0.38 by default, 0.30 as RAPID) inside Tmax > tmax_s (6 s);
+penumbra = Tmax > tmax_s minus core; connected islands smaller than ``min_island_ml`` are dropped.
+Mismatch ratio = (core + penumbra) / core volume; mismatch volume = penumbra volume (ml).
+"""
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from AIFSelectorLib.constants import CORE_RCBF, TMAX_THRESHOLD_S
+
+MIN_ISLAND_ML = 0.2
+"""Connected regions smaller than this (ml) are noise, not lesion."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    core_rcbf: float = CORE_RCBF
+    tmax_s: float = TMAX_THRESHOLD_S
+    min_island_ml: float = MIN_ISLAND_ML
+
+
+def core_penumbra(rcbf: np.ndarray, tmax_s: np.ndarray, brain_mask: np.ndarray,
+                  core_rcbf: float = CORE_RCBF,
+                  tmax_threshold_s: float = TMAX_THRESHOLD_S) -> Tuple[np.ndarray, np.ndarray]:
+    """The decision rule: core = rCBF < core_rcbf inside Tmax > threshold; penumbra = Tmax > threshold
+    minus core. Both restricted to the brain mask. Returns two boolean arrays."""
+    at_risk = np.asarray(brain_mask, bool) & (np.asarray(tmax_s) > tmax_threshold_s)
+    core = at_risk & (np.asarray(rcbf) < core_rcbf)
+    return core, at_risk & ~core
+
+
+def remove_islands(mask: np.ndarray, voxel_ml: float, min_volume_ml: float) -> np.ndarray:
+    """mask (z, y, x) without its 3D-connected (26-neighbour) components smaller than min_volume_ml."""
+    mask = np.asarray(mask, bool)
+    if min_volume_ml <= 0 or not mask.any():
+        return mask.copy()
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_ml
+    keep = sizes >= min_volume_ml
+    keep[0] = False
+    return keep[labels]
+
+
+def decide(rcbf: np.ndarray, tmax_s: np.ndarray, tissue: np.ndarray, voxel_ml: float,
+           thresholds: Thresholds = Thresholds()):
+    """Core and penumbra masks (z, y, x) bool after island removal; the penumbra keeps what the core's
+    islands lost only where Tmax is over threshold."""
+    core, penumbra = core_penumbra(rcbf, tmax_s, tissue, thresholds.core_rcbf, thresholds.tmax_s)
+    at_risk = remove_islands(core | penumbra, voxel_ml, thresholds.min_island_ml)
+    core = remove_islands(core & at_risk, voxel_ml, thresholds.min_island_ml)
+    return core, at_risk & ~core
+
+
+def lesion_volumes(core: np.ndarray, penumbra: np.ndarray, voxel_ml: float) -> Dict[str, Optional[float]]:
+    """Volumes in ml and the mismatch (ratio None when there is no core)."""
+    core_ml = float(np.count_nonzero(core)) * voxel_ml
+    pen_ml = float(np.count_nonzero(penumbra)) * voxel_ml
+    return {
+        "core_ml": round(core_ml, 2),
+        "penumbra_ml": round(pen_ml, 2),
+        "hypoperfused_ml": round(core_ml + pen_ml, 2),
+        "mismatch_volume_ml": round(pen_ml, 2),
+        "mismatch_ratio": round((core_ml + pen_ml) / core_ml, 2) if core_ml > 0 else None,
+    }

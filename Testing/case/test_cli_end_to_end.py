@@ -1,0 +1,116 @@
+"""The command line end to end, as a user runs it: phantom → files → run/aif/maps/demo → output folder."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from AIFSelectorLib.io.aif_csv import read_aif_csv
+from AIFSelectorLib.io.volume_io import read_volume
+from StrokeLesionLib.cli import main
+from StrokeLesionLib.case.output_folder import MARKER
+
+OUTPUT_FILES = ["cbf", "cbv", "mtt", "tmax", "ttp", "rcbf", "rcbv", "brain_mask", "core", "penumbra"]
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli") / "phantom"
+    assert main(["phantom", "--out", str(d), "--seed", "11"]) == 0
+    return d
+
+
+def test_phantom_command_writes_the_contract(phantom_dir):
+    for name in ("ctp.nii.gz", "dwi.nii.gz", "ncct.nii.gz", "t1.nii.gz", "truth/aif.csv"):
+        assert (phantom_dir / name).is_file(), name
+    for name in OUTPUT_FILES + ["artery_mask", "vein_mask", "lesion"]:
+        assert (phantom_dir / "truth" / f"{name}.nii.gz").is_file(), name
+    image = sitk.ReadImage(str(phantom_dir / "ctp.nii.gz"))
+    assert image.GetDimension() == 4 and image.GetSize()[3] == 48
+
+
+def test_run_with_classic_aif(phantom_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(phantom_dir / "ctp.nii.gz"), "--aif", "classic", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "core" in printed and "penumbra" in printed and "mismatch" in printed
+    for name in OUTPUT_FILES + ["aif_pvol", "vof_pvol"]:
+        assert (out / f"{name}.nii.gz").is_file(), name
+    assert (out / "report.png").stat().st_size > 10_000
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["aif"]["selector"] == "classic"
+    assert set(report["aif"]["quality_flags"]) == {"truncated_bolus", "late_arrival", "low_peak", "saturation",
+                                                   "outlier_samples", "vof_missing"}
+    assert not report["aif"]["quality_flags"]["outlier_samples"] and not report["aif"]["quality_flags"]["vof_missing"]
+    assert report["thresholds"]["core_rcbf"] == 0.38 and report["thresholds"]["tmax_s"] == 6.0
+
+    cbf, g = read_volume(out / "cbf.nii.gz")
+    _, truth_g = read_volume(phantom_dir / "truth" / "cbf.nii.gz")
+    assert g.matches(truth_g)
+    pvol, _ = read_volume(out / "aif_pvol.nii.gz")
+    assert pvol.min() >= 0 and abs(pvol.sum() - 1) < 1e-4
+    artery, _ = read_volume(phantom_dir / "truth" / "artery_mask.nii.gz")
+    near_artery = ndimage.binary_dilation(artery > 0, np.ones((1, 5, 5), bool))  # partial-volume rim
+    assert pvol[near_artery].sum() > 0.75, "classic AIF voxels should mostly lie on the phantom arteries"
+
+    core, _ = read_volume(out / "core.nii.gz")
+    voxel_ml = np.prod(g.spacing_mm) / 1000
+    assert report["volumes_ml"]["core_ml"] == pytest.approx(core.sum() * voxel_ml, abs=0.01)
+    times, aif, vof = read_aif_csv(out / "aif.csv")
+    _, true_aif, true_vof = read_aif_csv(phantom_dir / "truth" / "aif.csv")
+    assert len(times) == 48
+    assert np.corrcoef(aif, true_aif)[0, 1] > 0.98 and np.corrcoef(vof, true_vof)[0, 1] > 0.97
+
+
+def test_core_threshold_flag_changes_core(phantom_dir, tmp_path):
+    vols = {}
+    for thr in ("0.38", "0.30"):
+        out = tmp_path / f"run{thr}"
+        assert main(["run", str(phantom_dir / "ctp.nii.gz"), "--aif", "classic", "--method", "csvd",
+                     "--core-rcbf", thr, "--out", str(out)]) == 0
+        vols[thr] = json.loads((out / "report.json").read_text(encoding="utf-8"))["volumes_ml"]
+    assert vols["0.30"]["core_ml"] < vols["0.38"]["core_ml"]
+    assert vols["0.30"]["hypoperfused_ml"] == pytest.approx(vols["0.38"]["hypoperfused_ml"], abs=0.01)
+
+
+def test_maps_from_true_aif_and_user_mask(phantom_dir, tmp_path):
+    out = tmp_path / "maps"
+    assert main(["maps", str(phantom_dir / "ctp.nii.gz"), "--aif", str(phantom_dir / "truth" / "aif.csv"),
+                 "--mask", str(phantom_dir / "truth" / "brain_mask.nii.gz"), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["aif"]["selector"] == "file"
+    assert not (out / "aif_pvol.nii.gz").exists()
+    brain, _ = read_volume(out / "brain_mask.nii.gz")
+    truth_brain, _ = read_volume(phantom_dir / "truth" / "brain_mask.nii.gz")
+    brain, truth_brain = brain > 0, truth_brain > 0
+    assert not (brain & ~truth_brain).any()  # the user's mask, less its air, bone and CSF voxels
+    dropped = int(np.count_nonzero(truth_brain & ~brain))  # the truth mask holds the ventricles and sulci
+    assert dropped > 0 and any(w.startswith(f"{dropped} voxels") and "CSF" in w for w in report["warnings"])
+
+
+def test_aif_command(phantom_dir, tmp_path):
+    out = tmp_path / "aif"
+    assert main(["aif", str(phantom_dir / "ctp.nii.gz"), "--aif", "classic", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "aif.csv", "aif_pvol.nii.gz", "report.json",
+                                                     "vof_pvol.nii.gz"]
+
+
+def test_overwrite_replaces_a_previous_output(phantom_dir, tmp_path):
+    out = tmp_path / "again"
+    assert main(["run", str(phantom_dir / "ctp.nii.gz"), "--aif", "classic", "--out", str(out)]) == 0
+    assert main(["aif", str(phantom_dir / "ctp.nii.gz"), "--aif", "classic", "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "cbf.nii.gz").exists() and (out / "aif.csv").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".again")]
+
+
+def test_demo_prints_results_beside_truth(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--seed", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "estimate" in printed and "truth" in printed and "Dice" in printed
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    c = report["truth_comparison"]
+    assert c["core_ml"]["truth"] > 0 and c["dice"]["penumbra"] > 0.7
+    assert (out / "phantom" / "truth" / "core.nii.gz").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo")]

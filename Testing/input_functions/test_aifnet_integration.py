@@ -1,0 +1,167 @@
+"""AIFNet in the pipeline: shipped weights, Pvol volumes, fallback to the classic selector, command line."""
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from AIFSelectorLib.input_functions.aifnet import inference as inf  # noqa: E402
+from AIFSelectorLib.models import weights  # noqa: E402
+from AIFSelectorLib.prepare.prepared import prepare  # noqa: E402
+from AIFSelectorLib.phantom.case import make_phantom  # noqa: E402
+from AIFSelectorLib.input_functions.policy import select_input_functions  # noqa: E402
+from StrokeLesionLib.case.pipeline import RunOptions, report_dict, run_case  # noqa: E402
+
+SHIPPED = weights.models_dir()
+needs_weights = pytest.mark.skipif(not (SHIPPED / "manifest.json").is_file(), reason="no shipped AIFNet weights")
+
+
+@pytest.fixture(scope="module")
+def small_case():
+    return make_phantom(9500, shape_zyx=(4, 96, 96), n_frames=44, spacing_mm=(1.8, 1.8, 6.0))
+
+
+@pytest.fixture(scope="module")
+def prepared(small_case):
+    return prepare(small_case.series)
+
+
+@pytest.fixture
+def broken_models(tmp_path, monkeypatch):
+    """A copy of the shipped models folder, used instead of it; the test breaks it as it likes."""
+    folder = tmp_path / "models"
+    shutil.copytree(SHIPPED, folder)
+    monkeypatch.setenv("STROKELESION_MODELS_DIR", str(folder))
+    return folder
+
+
+@needs_weights
+def test_shipped_weights_match_manifest_and_load():
+    manifest = weights.read_manifest()
+    for kind in ("aif", "vof"):
+        entry = manifest["models"][kind]
+        path = SHIPPED / entry["file"]
+        assert weights.sha256_of(path) == entry["sha256"]
+        assert path.stat().st_size < 3_000_000
+        model, info = inf.load_model(kind)
+        assert info["sha256"] == entry["sha256"]
+        assert model.config.n_layers == (5 if kind == "aif" else 2)
+
+
+@needs_weights
+def test_aifnet_gives_pvol_with_the_input_shape(small_case, prepared):
+    f = inf.select_aifnet(small_case.series, device="cpu", n_baseline=prepared.bolus.n_baseline)
+    assert f.method == "aifnet"
+    for pvol in (f.aif_pvol, f.vof_pvol):
+        assert pvol.shape == small_case.series.shape_zyx
+        assert pvol.min() >= 0 and pvol.sum() == pytest.approx(1.0, abs=1e-4)
+    assert np.corrcoef(f.aif_hu, small_case.aif_hu)[0, 1] > 0.9
+    assert np.corrcoef(f.vof_hu, small_case.vof_hu)[0, 1] > 0.9
+    assert set(f.details["models"]) == {"aifnet_aif", "aifnet_vof"}
+
+
+@needs_weights
+def test_shorter_series_than_the_network_works(small_case):
+    s = small_case.series
+    short = s.with_data(s.data[:25], s.times_s[:25])
+    f = inf.select_aifnet(short, device="cpu")
+    assert f.aif_hu.shape == (25,) and f.aif_pvol.shape == s.shape_zyx
+
+
+@needs_weights
+def test_corrupted_weights_fall_back_to_classic_with_warning(prepared, broken_models):
+    path = broken_models / "aifnet_aif.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(weights.WeightsError, match="corrupted"):
+        inf.load_model("aif")
+    f = select_input_functions(prepared, "aifnet")
+    assert f.method == "classic"
+    assert any("AIFNet unavailable" in w and "corrupted" in w for w in f.warnings)
+
+
+@needs_weights
+def test_missing_weights_fall_back_to_classic_with_warning(prepared, broken_models):
+    (broken_models / "aifnet_vof.pt").unlink()
+    f = select_input_functions(prepared, "aifnet")
+    assert f.method == "classic"
+    assert any("not found" in w for w in f.warnings)
+
+
+def test_missing_manifest_is_a_weights_error(tmp_path):
+    with pytest.raises(weights.WeightsError, match="manifest"):
+        inf.load_model("aif", tmp_path)
+
+
+@needs_weights
+def test_pipeline_default_is_aifnet_and_reports_models(small_case, tmp_path):
+    assert RunOptions().aif == "aifnet"
+    result = run_case(small_case.series, RunOptions())
+    report = report_dict(result)
+    assert report["aif"]["selector"] == "aifnet"
+    assert report["models"]["aifnet_aif"]["sha256"] == weights.read_manifest()["models"]["aif"]["sha256"]
+    assert result.functions.aif_pvol.shape == small_case.series.shape_zyx
+    classic = run_case(small_case.series, RunOptions(aif="classic"))
+    assert classic.functions.method == "classic"
+
+
+@needs_weights
+def test_cli_aif_command_writes_pvols_and_warns_on_fallback(small_case, tmp_path, broken_models, capsys):
+    from AIFSelectorLib.io.volume_io import read_volume, write_series_nifti
+    from StrokeLesionLib.cli import main
+    ctp = write_series_nifti(tmp_path / "ctp.nii.gz", small_case.series)
+    (broken_models / "aifnet_aif.pt").write_bytes(b"not a checkpoint")
+    assert main(["aif", str(ctp), "--out", str(tmp_path / "out")]) == 0
+    assert "warning: AIFNet unavailable" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert report["aif"]["selector"] == "classic"
+    assert any("AIFNet unavailable" in w for w in report["aif"]["warnings"])
+    shutil.copytree(SHIPPED, broken_models, dirs_exist_ok=True)
+    assert main(["aif", str(ctp), "--out", str(tmp_path / "out2"), "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "out2" / "report.json").read_text(encoding="utf-8"))
+    assert report["aif"]["selector"] == "aifnet" and report["aif"]["warnings"] == []
+    pvol, _ = read_volume(tmp_path / "out2" / "aif_pvol.nii.gz")
+    assert pvol.shape == small_case.series.shape_zyx
+    assert (tmp_path / "out2" / "vof_pvol.nii.gz").is_file()
+
+
+def test_slab_wise_pvol_equals_one_whole_volume_pass():
+    """Whole-brain series are run slab by slab with a z halo; the Pvol must not depend on the slabs."""
+    case = make_phantom(seed=4, shape_zyx=(12, 48, 48), n_frames=30, noise_hu=3.0)
+    model, _ = inf.load_model("aif")
+    whole = inf.predict_pvol(model, case.series, max_voxels=10 ** 9)
+    slabbed = inf.predict_pvol(model, case.series, max_voxels=3 * 48 * 48)  # 3-slice slabs
+    assert inf.z_halo(model) >= 4
+    np.testing.assert_allclose(slabbed, whole, rtol=1e-4, atol=1e-9)
+    assert float(whole.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_fine_matrix_is_pooled_to_the_trained_voxel_size():
+    """A 0.45 mm in-plane series (a 512 matrix) is seen by the network as 0.9 mm blocks: the same AIF as the
+    0.9 mm series it was upsampled from, and a Pvol spread evenly over each 2x2 block, summing to 1."""
+    case = make_phantom(seed=6, shape_zyx=(6, 64, 64), n_frames=30, noise_hu=3.0, spacing_mm=(0.9, 0.9, 6.0))
+    s = case.series
+    geometry = dataclasses.replace(s.geometry, spacing_mm=(0.45, 0.45, 6.0))
+    fine = dataclasses.replace(s, data=s.data.repeat(2, axis=2).repeat(2, axis=3), geometry=geometry)
+    assert inf.pool_factors(fine.geometry.spacing_mm) == (2, 2) and inf.pool_factors(s.geometry.spacing_mm) == (1, 1)
+    model, _ = inf.load_model("aif")
+    coarse_pvol = inf.predict_pvol(model, s)
+    fine_pvol = inf.predict_pvol(model, fine)
+    assert float(fine_pvol.sum()) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(fine_pvol.reshape(6, 64, 2, 64, 2).sum(axis=(2, 4)), coarse_pvol, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(inf.dense_weighted_curve(fine, fine_pvol), inf.dense_weighted_curve(s, coarse_pvol),
+                               rtol=1e-4)
+
+
+def test_checkpoints_are_written_whole(tmp_path):
+    """write_checkpoint: the file appears only complete (no temporary left) and reads back with weights_only."""
+    from training.common.weights_io import write_checkpoint
+    path = write_checkpoint({"format": 1, "config": {"widths": [2]}, "state_dict": {"w": torch.ones(2)},
+                            "meta": {"version": "t"}}, tmp_path / "new" / "m.pt")
+    assert [p.name for p in path.parent.iterdir()] == ["m.pt"]
+    back = torch.load(path, weights_only=True)
+    assert back["meta"]["version"] == "t" and torch.equal(back["state_dict"]["w"], torch.ones(2))

@@ -1,0 +1,1 @@
+"""What every training entry point shares: writing checkpoints and manifest entries."""
