@@ -63,13 +63,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"strokelesion: error: {message}\n")
 
 
+PLAIN_PROGRESS_STEP = 0.25
+"""Where stderr is not a terminal (a log file, a pipe, a batch system), progress is a plain line
+``<stage>: N %`` at every quarter, not a redrawn bar."""
+
+
 @contextlib.contextmanager
 def _progress_bar(desc: str):
-    """Yields a callable(fraction) drawing a progress bar on stderr, created on first use and always
-    cleared at the end (so an error message starts on a clean line)."""
+    """Yields a callable(fraction): on a terminal a tqdm bar on stderr, created on first use and always
+    cleared at the end (so an error message starts on a clean line); elsewhere plain progress lines."""
     bar = []
+    shown = [0.0]
 
     def update(fraction: float):
+        if not sys.stderr.isatty():
+            if fraction >= shown[0] + PLAIN_PROGRESS_STEP - 1e-9:
+                shown[0] = PLAIN_PROGRESS_STEP * int(fraction / PLAIN_PROGRESS_STEP + 1e-9)
+                print(f"{desc}: {100 * shown[0]:.0f} %", file=sys.stderr, flush=True)
+            return
         if not bar:
             from tqdm import tqdm
             bar.append(tqdm(total=100, desc=desc, unit="%", leave=False, file=sys.stderr,
@@ -163,9 +174,7 @@ def _run_and_write(series, options, stage, source, note="", extra_report=None):
     from StrokeLesionLib.case.pipeline import report_dict, run_case, write_outputs
     with _progress_bar("maps") as progress:
         result = run_case(series, options, progress=progress)
-    report = report_dict(result, source)
-    if note:
-        report["input"]["note"] = note
+    report = report_dict(result, source, note)
     if extra_report is not None:
         report.update(extra_report(result))
     write_outputs(result, stage.path, report)
@@ -244,11 +253,9 @@ def _segment_inputs(args):
     inputs = {"series": series}
     if args.maps is not None:
         inputs.update(_read_maps_folder(args.maps, series))
-    section = {"source": str(args.image), "shape_tzyx": list(series.data.shape),
-               "spacing_mm": list(series.geometry.spacing_mm), "frame_interval_s": series.dt_s,
-               "maps": str(args.maps) if args.maps is not None else "computed (AIFNet AIF/VOF, oSVD)"}
-    if note:
-        section["note"] = note
+    from StrokeLesionLib.case.pipeline import input_section
+    section = input_section(series, str(args.image), note)
+    section["maps"] = str(args.maps) if args.maps is not None else "computed (AIFNet AIF/VOF, oSVD)"
     return inputs, series.geometry, section
 
 
@@ -301,24 +308,30 @@ def cmd_segment(args):
 
 
 def cmd_aif(args):
-    from AIFSelectorLib.io import aif_csv
-    from AIFSelectorLib.prepare.prepared import prepare
-    from AIFSelectorLib.io.volume_io import write_volume
     from AIFSelectorLib.input_functions.policy import select_input_functions
-    from StrokeLesionLib.case.pipeline import write_json
+    from AIFSelectorLib.input_functions.quality import aif_quality_flags
+    from AIFSelectorLib.io import aif_csv
+    from AIFSelectorLib.io.volume_io import write_volume
+    from AIFSelectorLib.maps.compute import deconvolution_aif
+    from AIFSelectorLib.prepare.prepared import prepare
+    from StrokeLesionLib.case.pipeline import VERSION, aif_section, input_section, thread_report, write_json
     _check_device(args.device)
     with _claim(args, [args.ctp], _needed_for(args.ctp)) as stage:
         series, note = load_series(args.ctp, args.dt, args.series)
         prepared = prepare(series)
         f = select_input_functions(prepared, args.aif, args.device)
+        enh, scale = deconvolution_aif(prepared, f)
+        flags = aif_quality_flags(enh, series.dt_s, prepared.bolus.arrival_s, has_vof=f.vof_hu is not None)
         aif_csv.write_aif_csv(stage / "aif.csv", f.times_s, f.aif_hu, f.vof_hu)
         write_volume(stage / "aif_pvol.nii.gz", f.aif_pvol, series.geometry)
         if f.vof_pvol is not None:
             write_volume(stage / "vof_pvol.nii.gz", f.vof_pvol, series.geometry)
-        write_json(stage / "report.json", {"input": {"source": str(args.ctp), "note": note},
-                                           "models": f.details.get("models", {}),
-                                           "aif": {"selector": f.method, "warnings": f.warnings,
-                                                   "bolus_arrival_s": prepared.bolus.arrival_s}})
+        write_json(stage / "report.json", {"strokelesion_version": VERSION,
+                                           "input": input_section(series, str(args.ctp), note),
+                                           "aif": aif_section(prepared, f, flags, enh, scale),
+                                           "models": dict(f.details.get("models", {})),
+                                           "warnings": list(prepared.warnings) + list(f.warnings),
+                                           "threads": thread_report()})
     for w in f.warnings:
         print("warning: " + w)
     print(f"wrote {args.out}")

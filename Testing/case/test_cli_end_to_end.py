@@ -114,3 +114,39 @@ def test_demo_prints_results_beside_truth(tmp_path, capsys):
     assert c["core_ml"]["truth"] > 0 and c["dice"]["penumbra"] > 0.7
     assert (out / "phantom" / "truth" / "core.nii.gz").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo")]
+
+
+def test_progress_is_plain_lines_in_a_log(phantom_dir, tmp_path):
+    """stderr redirected to a file (not a terminal): progress is plain 'maps: N %' lines, no bar redraws."""
+    import subprocess
+    import sys
+    log = tmp_path / "run.log"
+    with open(log, "w") as err:
+        rc = subprocess.run([sys.executable, "-m", "StrokeLesionLib.cli", "run", str(phantom_dir / "ctp.nii.gz"),
+                             "--aif", "classic", "--out", str(tmp_path / "res")], stderr=err,
+                            stdout=subprocess.DEVNULL, timeout=600).returncode
+    assert rc == 0
+    text = log.read_text(encoding="utf-8")
+    assert "\r" not in text and "|" not in text
+    shown = [int(line.split()[1]) for line in text.splitlines() if line.startswith("maps:")]
+    assert shown and shown[-1] == 100 and shown == sorted(set(shown)) and all(p % 25 == 0 for p in shown)
+
+
+def test_one_report_schema(phantom_dir, tmp_path):
+    """run and aif share the input and aif sections (version, shape, frame interval, quality flags; no
+    empty note); volumes are rounded to 0.01 ml."""
+    reports = {}
+    for command in ("run", "aif"):
+        out = tmp_path / command
+        assert main([command, str(phantom_dir / "ctp.nii.gz"), "--aif", "classic", "--out", str(out)]) == 0
+        reports[command] = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    run, aif = reports["run"], reports["aif"]
+    for report in (run, aif):
+        assert report["strokelesion_version"] and report["threads"]["cpu_cores_available"] >= 1
+        assert "note" not in report["input"]
+        assert report["input"]["frame_interval_s"] == 1.0 and len(report["input"]["shape_tzyx"]) == 4
+    assert run["input"] == aif["input"]
+    assert run["aif"] == aif["aif"]
+    assert set(run["aif"]["quality_flags"]) == {"truncated_bolus", "late_arrival", "low_peak", "saturation",
+                                                "outlier_samples", "vof_missing"}
+    assert all(v is None or round(v, 2) == v for v in run["volumes_ml"].values())

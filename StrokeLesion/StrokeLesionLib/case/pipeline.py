@@ -96,22 +96,38 @@ def run_case(series: CTPSeries, options: RunOptions = RunOptions(), progress=Non
     return result
 
 
-def report_dict(result: CaseResult, source: str = "") -> dict:
+def input_section(series: CTPSeries, source: str, note: str = "") -> dict:
+    """report.json's "input": the source, shape (t, z, y, x), spacing (mm), frame interval and duration (s),
+    what the reader knows of the source (DICOM series UID, description, date), and a note when the frames
+    were resampled (no empty note)."""
+    section = {"source": source, "shape_tzyx": list(series.data.shape),
+               "spacing_mm": list(series.geometry.spacing_mm), "frame_interval_s": series.dt_s,
+               "duration_s": float(series.times_s[-1] - series.times_s[0]), **series.source_info}
+    if note:
+        section["note"] = note
+    return section
+
+
+def aif_section(prepared: PreparedSeries, functions: InputFunctions, quality_flags: Dict[str, bool],
+                aif_enh_hu: np.ndarray, scale: float) -> dict:
+    """report.json's "aif": the selector, bolus arrival (s), baseline frames, the AIF's peak enhancement as
+    deconvolved (HU) and its partial-volume scale, the quality flags, warnings and the selector's details."""
+    return {"selector": functions.method, "bolus_arrival_s": prepared.bolus.arrival_s,
+            "baseline_frames": prepared.bolus.n_baseline, "aif_peak_enhancement_hu": float(np.max(aif_enh_hu)),
+            "vof_partial_volume_scale": scale, "quality_flags": quality_flags,
+            "warnings": list(functions.warnings), **{k: v for k, v in functions.details.items()}}
+
+
+def report_dict(result: CaseResult, source: str = "", note: str = "") -> dict:
     """The content of report.json: volumes (ml), mismatch, AIF quality, thresholds, methods, timings; with a
     lesion model, its volume (volumes_ml.lesion_ml) and its info (lesion_model: version, sha256, timings)."""
     series, f, p = result.series, result.functions, result.perfusion
     report = {
         "strokelesion_version": VERSION,
-        "input": {"source": source, "shape_tzyx": list(series.data.shape),
-                  "spacing_mm": list(series.geometry.spacing_mm), "frame_interval_s": series.dt_s,
-                  "duration_s": float(series.times_s[-1] - series.times_s[0]), **series.source_info},
+        "input": input_section(series, source, note),
         "volumes_ml": result.volumes,
         "thresholds": asdict(result.options.thresholds),
-        "aif": {"selector": f.method, "bolus_arrival_s": result.prepared.bolus.arrival_s,
-                "baseline_frames": result.prepared.bolus.n_baseline,
-                "aif_peak_enhancement_hu": float(np.max(p.aif_enh_hu)),
-                "vof_partial_volume_scale": p.aif_scale, "quality_flags": p.quality_flags,
-                "warnings": list(f.warnings), **{k: v for k, v in f.details.items()}},
+        "aif": aif_section(result.prepared, f, p.quality_flags, p.aif_enh_hu, p.aif_scale),
         "maps": {"deconvolution": result.options.method, "denoising_sigma_mm": result.options.smooth_mm,
                  "control_tissue": p.control, "tissue_ml": float(p.tissue.sum() * series.geometry.voxel_volume_ml),
                  "units": {"cbf": "ml/100g/min", "cbv": "ml/100g", "mtt": "s", "tmax": "s", "ttp": "s",

@@ -126,7 +126,7 @@ def segment(model: str, inputs: Dict[str, object], device: Optional[str] = "auto
     mask = remove_islands(mask, voxel_ml, min_island_ml)
     info = dict(info)
     info["model"] = model
-    info["lesion_ml"] = float(mask.sum()) * voxel_ml
+    info["lesion_ml"] = round(float(mask.sum()) * voxel_ml, 2)
     info["timings_s"] = {**info.get("timings_s", {}), **{k: round(v, 3) for k, v in timings.items()}}
     return mask, dict(extras), info
 

@@ -8,7 +8,10 @@ pipeline catches it and falls back to the classic selector with a warning in the
 
 VOF recalibration (AIFNet paper): the Pvol-weighted VOF is smoothed by the averaging, so its enhancement
 is rescaled so that its peak equals the maximum of the Pvol-weighted peak-to-baseline (PTB) volume,
-max_v (Pvol(v) / max Pvol) * PTB(v).
+max_v (Pvol(v) / max Pvol) * PTB(v). Only the enhancement is rescaled. The absolute level of both curves
+(their pre-contrast HU) is the pre-contrast HU of the VOF_BASELINE_VOXELS voxels that score highest on that
+product (blood, about 40 HU), not the baseline of the weighted sum, which a spread-out Pvol mixes with air,
+bone and tissue (the VOF read -461 HU on the demo phantom). The maps use only the enhancement.
 """
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
@@ -115,19 +118,49 @@ def predict_pvol(model: AIFNet, series: CTPSeries, device="cpu", max_voxels: int
     return pvol
 
 
-def recalibrate_vof(vof_hu: np.ndarray, vof_pvol: np.ndarray, ptb_hu: np.ndarray, n_baseline: int):
-    """VOF rescaled to the maximum of the Pvol-weighted peak-to-baseline volume (see module doc).
-    Returns (vof_hu, factor); factor 1 when the VOF has no positive enhancement."""
+VOF_BASELINE_VOXELS = 16
+"""Voxels (the highest Pvol x PTB) whose pre-contrast HU gives the recalibrated VOF its absolute level: a
+few sinus voxels, so that 5 HU of noise averages to about 1 HU."""
+
+
+def recalibrate_vof(vof_hu: np.ndarray, vof_pvol: np.ndarray, ptb_hu: np.ndarray, n_baseline: int,
+                    series: Optional[CTPSeries] = None):
+    """VOF rescaled to the maximum of the Pvol-weighted peak-to-baseline volume, on the pre-contrast level
+    of the best-scoring voxels of ``series`` (see module doc; without a series, the weighted curve's own
+    baseline). Returns (vof_hu (t,) HU, factor); factor 1 when the VOF has no positive enhancement."""
     vof_hu = np.asarray(vof_hu, np.float64)
-    base = vof_hu[:max(1, n_baseline)].mean()
+    n0 = max(1, n_baseline)
+    base = vof_hu[:n0].mean()
     enh = vof_hu - base
     peak = float(enh.max())
-    w = vof_pvol / max(float(vof_pvol.max()), 1e-30)
-    target = float(np.max(w * ptb_hu))
+    score = (vof_pvol / max(float(vof_pvol.max()), 1e-30)) * ptb_hu
+    target = float(np.max(score))
     if peak <= 0 or target <= 0:
         return vof_hu, 1.0
+    if series is not None:
+        base = pre_contrast_level(series, score, n0)
     factor = target / peak
     return base + factor * enh, factor
+
+
+def pre_contrast_level(series: CTPSeries, score: np.ndarray, n_baseline: int) -> float:
+    """Mean pre-contrast HU (first ``n_baseline`` frames) of the VOF_BASELINE_VOXELS voxels with the highest
+    ``score`` (z, y, x): the absolute level of a Pvol-weighted curve, which a spread-out Pvol would mix
+    with air and bone."""
+    k = min(VOF_BASELINE_VOXELS, score.size)
+    best = np.argpartition(score.ravel(), score.size - k)[score.size - k:]
+    n0 = max(1, n_baseline)
+    return float(np.asarray(series.data[:n0]).reshape(n0, -1)[:, best].astype(np.float64).mean())
+
+
+def on_vessel_level(curve_hu: np.ndarray, pvol: np.ndarray, ptb_hu: np.ndarray, series: CTPSeries,
+                    n_baseline: int) -> np.ndarray:
+    """A Pvol-weighted curve (t,) HU moved to the pre-contrast level of its vessel (:func:`pre_contrast_level`
+    of Pvol x PTB); its enhancement, which the maps use, is unchanged."""
+    curve_hu = np.asarray(curve_hu, np.float64)
+    n0 = max(1, n_baseline)
+    score = (pvol / max(float(pvol.max()), 1e-30)) * ptb_hu
+    return curve_hu - curve_hu[:n0].mean() + pre_contrast_level(series, score, n0)
 
 
 def peak_to_baseline(series: CTPSeries, n_baseline: int) -> np.ndarray:
@@ -171,7 +204,8 @@ def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Opt
     aif_hu = dense_weighted_curve(series, aif_pvol)
     vof_raw = dense_weighted_curve(series, vof_pvol)
     ptb = peak_enh_hu if peak_enh_hu is not None else peak_to_baseline(series, n_baseline)
-    vof_hu, factor = recalibrate_vof(vof_raw, vof_pvol, ptb, n_baseline)
+    vof_hu, factor = recalibrate_vof(vof_raw, vof_pvol, ptb, n_baseline, series)
+    aif_hu = on_vessel_level(aif_hu, aif_pvol, ptb, series, n_baseline)
     warnings = []
     conc = {"aif": concentration(aif_pvol), "vof": concentration(vof_pvol)}
     replaced = []
