@@ -175,7 +175,7 @@ def test_folders_and_modules_stay_small():
     big_folders = [f"{folder}: {n} modules" for folder, n in
                    ((f, len([p for p in f.glob("*.py") if p.name != "__init__.py"]))
                     for f in {p.parent for p in MODULES.values()}) if n > 12]
-    long_modules = [f"{p}: {n} lines" for p, n in ((p, len(p.read_text().splitlines())) for p in
+    long_modules = [f"{p}: {n} lines" for p, n in ((p, len(p.read_text(encoding="utf-8").splitlines())) for p in
                     list(MODULES.values()) + MODULE_FILES) if n > 600]
     assert not big_folders and not long_modules, "\n".join(big_folders + long_modules)
 

@@ -27,10 +27,10 @@ def test_maps_are_bit_identical_with_one_and_two_threads(tmp_path, aif):
                              timeout=600)
         assert run.returncode == 0, run.stderr
         outs[threads] = out
-        report = json.loads((out / "report.json").read_text())
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
         assert report["threads"]["omp_num_threads"] == threads
     for name in MAP_FILES + ("core", "penumbra", "brain_mask") + (("aif_pvol", "vof_pvol") if aif == "aifnet" else ()):
         a, _ = read_volume(outs["1"] / f"{name}.nii.gz")
         b, _ = read_volume(outs["2"] / f"{name}.nii.gz")
         np.testing.assert_array_equal(a, b, err_msg=name)
-    assert (outs["1"] / "aif.csv").read_text() == (outs["2"] / "aif.csv").read_text()
+    assert (outs["1"] / "aif.csv").read_text(encoding="utf-8") == (outs["2"] / "aif.csv").read_text(encoding="utf-8")

@@ -166,7 +166,7 @@ def test_several_dicom_series_are_listed_and_chosen(tmp_path, capsys, dicom_case
     assert main(["run", str(folder), "--aif", "classic", "--series", "1.2.826.0.1.111",
                  "--out", str(tmp_path / "res")]) == 0
     capsys.readouterr()
-    report = json.loads((tmp_path / "res" / "report.json").read_text())
+    report = json.loads((tmp_path / "res" / "report.json").read_text(encoding="utf-8"))
     assert report["input"]["series_instance_uid"] == "1.2.826.0.1.111"
     assert report["input"]["series_description"] == "CTP axial"
     refused(capsys, tmp_path, ["run", folder, "--series", "9.9.9"], "no DICOM series with UID 9.9.9")
@@ -194,7 +194,7 @@ def test_aif_without_vof_is_reported(work, case):
     write_aif_csv(work / "aif_only.csv", case.series.times_s, case.aif_hu)
     assert main(["maps", str(work / "ctp.nii.gz"), "--aif", str(work / "aif_only.csv"), "--out",
                  str(work / "res")]) == 0
-    report = json.loads((work / "res" / "report.json").read_text())
+    report = json.loads((work / "res" / "report.json").read_text(encoding="utf-8"))
     assert report["aif"]["quality_flags"]["vof_missing"] is True
     assert any("no vof_hu column" in w for w in report["warnings"])
     assert report["aif"]["vof_partial_volume_scale"] == 1.0
@@ -213,11 +213,10 @@ def test_aif_spike_is_flagged(work, case):
     aif[3] += 900.0  # before the bolus: no curve can jump 900 HU for one frame
     write_aif_csv(work / "spike.csv", case.series.times_s, aif, case.vof_hu)
     assert main(["maps", str(work / "ctp.nii.gz"), "--aif", str(work / "spike.csv"), "--out", str(work / "res")]) == 0
-    report = json.loads((work / "res" / "report.json").read_text())
+    report = json.loads((work / "res" / "report.json").read_text(encoding="utf-8"))
     assert report["aif"]["quality_flags"]["outlier_samples"] is True
-    clean = json.loads((work / "res" / "report.json").read_text())
     assert main(["maps", str(work / "ctp.nii.gz"), "--aif", str(work / "aif.csv"), "--out", str(work / "res2")]) == 0
-    clean = json.loads((work / "res2" / "report.json").read_text())
+    clean = json.loads((work / "res2" / "report.json").read_text(encoding="utf-8"))
     assert clean["aif"]["quality_flags"]["outlier_samples"] is False
 
 
@@ -291,7 +290,7 @@ def model_folder(tmp_path, monkeypatch):
     from AIFSelectorLib.models.weights import models_dir
     folder = tmp_path / "models"
     folder.mkdir()
-    manifest = json.loads((models_dir() / "manifest.json").read_text())
+    manifest = json.loads((models_dir() / "manifest.json").read_text(encoding="utf-8"))
     for name in ("aif", "vof"):
         shutil.copy(models_dir() / manifest["models"][name]["file"], folder)
     (folder / "manifest.json").write_text(json.dumps(manifest))

@@ -69,16 +69,16 @@ def test_overwrite_replaces_only_what_strokelesion_wrote(small_ctp, tmp_path, ca
     user.mkdir()
     (user / "chapter1.tex").write_text("years of work")
     fails(capsys, ["aif", small_ctp, "--aif", "classic", "--out", user, "--overwrite"], "not written by strokelesion")
-    assert (user / "chapter1.tex").read_text() == "years of work"
+    assert (user / "chapter1.tex").read_text(encoding="utf-8") == "years of work"
 
     out = tmp_path / "res"
     assert main(["aif", str(small_ctp), "--aif", "classic", "--out", str(out)]) == 0
-    marker = json.loads((out / MARKER).read_text())
+    marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
     assert marker["tool"] == "strokelesion" and set(marker["files"]) == {
         "aif.csv", "aif_pvol.nii.gz", "report.json", "vof_pvol.nii.gz"}
     (out / "my_notes.txt").write_text("keep")
     fails(capsys, ["aif", small_ctp, "--aif", "classic", "--out", out, "--overwrite"], "did not write", "my_notes.txt")
-    assert (out / "my_notes.txt").read_text() == "keep"
+    assert (out / "my_notes.txt").read_text(encoding="utf-8") == "keep"
     (out / "my_notes.txt").unlink()
     old = (out / "aif.csv").stat().st_ino
     assert main(["aif", str(small_ctp), "--aif", "classic", "--out", str(out), "--overwrite"]) == 0
@@ -164,7 +164,7 @@ def test_two_runs_on_one_out(tmp_path):
     assert codes == [0, 2], results
     err = next(e for code, e in results if code == 2)
     assert len(err.splitlines()) == 1 and ("another strokelesion run" in err or "already exists" in err), err
-    params = json.loads((out / "truth" / "params.json").read_text())
+    params = json.loads((out / "truth" / "params.json").read_text(encoding="utf-8"))
     winner = [s for (code, _), s in zip(results, (1, 2)) if code == 0][0]
     assert params["seed"] == winner and (out / MARKER).is_file()
     assert debris(tmp_path, "ph") == []
@@ -179,7 +179,7 @@ def _start_and_kill(argv, sig, delay_s):
 
 
 def _is_complete(folder: Path) -> bool:
-    marker = json.loads((folder / MARKER).read_text())
+    marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     return all((folder / f).is_file() for f in marker["files"])
 
 
@@ -211,7 +211,7 @@ def test_overwrite_killed_at_any_point_leaves_old_or_new(tmp_path, sig):
         _start_and_kill(["phantom", "--out", str(out), "--seed", str(3 + len(seen) % 2), "--overwrite"], sig,
                         fraction * duration)
         assert out.is_dir() and _is_complete(out)
-        seen.add(json.loads((out / "truth" / "params.json").read_text())["seed"])
+        seen.add(json.loads((out / "truth" / "params.json").read_text(encoding="utf-8"))["seed"])
     assert subprocess.run(CLI + ["phantom", "--out", str(out), "--seed", "1", "--overwrite"],
                           capture_output=True, timeout=300).returncode == 0
     assert _is_complete(out) and debris(tmp_path, "ph") == []
@@ -226,7 +226,7 @@ def test_a_file_added_to_the_old_folder_during_overwrite_survives(tmp_path):
     (out / "reading.txt").write_text("a colleague's notes")
     code = p.wait(timeout=300)
     kept = list(tmp_path.glob("ph*/reading.txt"))
-    assert [k.read_text() for k in kept] == ["a colleague's notes"], (code, p.stderr.read())
+    assert [k.read_text(encoding="utf-8") for k in kept] == ["a colleague's notes"], (code, p.stderr.read())
     if code == 2:
         assert "did not write" in p.stderr.read()
     assert _is_complete(out)
