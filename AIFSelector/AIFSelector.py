@@ -56,6 +56,15 @@ AIFNet: de la Rosa et al., Medical Image Analysis 2021. oSVD: Wu et al., MRM 200
 Volterra discretisation: Sourbron et al., 2007. Digital reference object: OSIPI DSC.
 """
         slicer.app.connect("startupCompleted()", registerSampleData)
+        slicer.app.connect("startupCompleted()", registerCompareLayout)
+
+
+def registerCompareLayout():
+    """The six-view compare layout, known to the layout manager from startup, so that a scene saved in it
+    (a scene bundle from `strokelesion run --scene`) opens with the maps side by side."""
+    layoutNode = slicer.app.layoutManager().layoutLogic().GetLayoutNode()
+    if not layoutNode.IsLayoutDescription(lib.COMPARE_LAYOUT_ID):
+        layoutNode.AddLayoutDescription(lib.COMPARE_LAYOUT_ID, lib.COMPARE_LAYOUT_XML)
 
 
 #

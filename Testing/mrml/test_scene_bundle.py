@@ -5,6 +5,7 @@ equal to the run's output folder, referenced from both modules' parameter nodes 
 """
 import json
 import os
+from pathlib import Path
 import re
 import zipfile
 from urllib.parse import unquote
@@ -167,3 +168,37 @@ def test_scene_option_errors_come_before_any_work(run, tmp_path, capsys):
     assert main(["run", str(ctp), "--out", str(tmp_path / "o2"), "--aif", "classic", "--scene", str(mrb)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_bundle_opens_as_a_radiologist_expects(run):
+    """The bundle, opened with slicer-core: the CTP at a brain window (W 80 / L 40), the maps in the colour
+    tables the docs name, with their standard units, and the compare layout stored with each map in its
+    view."""
+    from AIFSelectorLib.mrml.display import COMPARE_LAYOUT_ID, COMPARE_VIEWS, MAP_COLORS, PVOL_COLORS
+    mrb = run[3]
+    with open_bundle(mrb) as env:
+        scene = env.scene
+        proxies = [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+                   for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+        by_name = {n.GetName(): n for n in proxies}
+        ctp = next(n for n in proxies if n.GetName().startswith("CTP") and n.GetDisplayNode() is not None
+                   and n.GetAttribute("AIFSelector.Map") is None and "Pvol" not in n.GetName())
+        d = ctp.GetDisplayNode()
+        assert (d.GetWindow(), d.GetLevel()) == (80.0, 40.0)
+        for name, unit in (("CBF", "ml/100g/min"), ("CBV", "ml/100g"), ("Tmax", "s"), ("rCBF", "fraction of control")):
+            node = by_name[name]
+            assert node.GetDisplayNode().GetColorNodeID() == MAP_COLORS[0]
+            assert node.GetVoxelValueUnits() is not None and node.GetVoxelValueUnits().GetCodeMeaning() == unit
+            assert node.GetVoxelValueUnits().GetCodingSchemeDesignator() == "UCUM"
+        assert by_name["AIF Pvol"].GetDisplayNode().GetColorNodeID() == PVOL_COLORS[0]
+        layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+        assert layout is not None and layout.GetViewArrangement() == COMPARE_LAYOUT_ID  # the AIFSelector
+        # module registers this layout's description at startup (registerCompareLayout), so Slicer shows it
+        shown = {}
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+            c = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+            if c.GetLayoutName() in COMPARE_VIEWS:
+                shown[c.GetLayoutName()] = scene.GetNodeByID(c.GetBackgroundVolumeID()).GetName()
+        assert shown == {v: v for v in COMPARE_VIEWS}
+    source = (Path(__file__).resolve().parents[2] / "AIFSelector" / "AIFSelector.py").read_text(encoding="utf-8")
+    assert 'slicer.app.connect("startupCompleted()", registerCompareLayout)' in source

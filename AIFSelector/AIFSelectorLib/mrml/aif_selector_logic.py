@@ -1,9 +1,8 @@
 """The AIFSelector module's Logic on MRML nodes, without GUI: what the Widget calls and what the Slicer
 Python console scripts.
 
-A CTP volume sequence -> automatic AIF/VOF (AIFNet, or the classic selector when torch or the weights are
-missing) -> curves in a table, a plot chart and Pvol volumes -> manual correction from markups points on
-arteries and veins -> perfusion maps (CBF, CBV, MTT, Tmax, TTP, rCBF, rCBV) as volumes on the input's grid.
+A CTP volume sequence -> automatic AIF/VOF (the one selection policy) -> curves in a table, a plot chart
+and Pvol volumes -> correction from markups points on arteries and veins -> perfusion maps as volumes.
 
 Every user choice and every result node is referenced from the module's parameter node (a
 vtkMRMLScriptedModuleNode, module name ``AIFSelector``), so a saved scene reopens with the same curves,
@@ -31,8 +30,9 @@ from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.input_functions.functions import InputFunctions, manual_input_functions
 from AIFSelectorLib.input_functions.policy import SELECTORS, canonical_selector, select_input_functions
 from AIFSelectorLib.models.device import nvidia_driver_present, torch_available
-from AIFSelectorLib.mrml.display import (COMPARE_LAYOUT_ID, COMPARE_LAYOUT_XML, COMPARE_VIEWS,
-                                         MAP_COLORS, MAP_DISPLAY, MARKUPS, PVOL_COLORS, SERIES_STYLE)
+from AIFSelectorLib.mrml.display import (COMPARE_LAYOUT_ID, COMPARE_LAYOUT_XML, COMPARE_VIEWS, CTP_WINDOW_HU,
+                                         MAP_COLORS, MAP_DISPLAY, MAP_QUANTITIES, MAP_UNITS_UCUM, MARKUPS,
+                                         PVOL_COLORS, SERIES_STYLE, store_compare_views)
 from AIFSelectorLib.mrml.scene import ParameterNodeLogic
 
 MODULE_NAME = "AIFSelector"
@@ -102,7 +102,10 @@ class AIFSelectorLogic(ParameterNodeLogic):
     def addSeries(self, series: CTPSeries, name: str = "CTP"):
         """A new volume sequence (+ browser and proxy volume) holding ``series``; becomes the input."""
         seq = mc.sequence_from_series(self.scene, series, name)
-        mc.browser_for_sequence(self.scene, seq)
+        browser = mc.browser_for_sequence(self.scene, seq)
+        proxy = browser.GetProxyNode(seq)
+        if proxy is not None and proxy.IsA("vtkMRMLScalarVolumeNode"):
+            mc.set_volume_display(proxy, "vtkMRMLColorTableNodeGrey", CTP_WINDOW_HU)
         self.setInput(seq)
         self._series_cache = (self._series_key(seq), series)
         return seq
@@ -533,6 +536,7 @@ class AIFSelectorLogic(ParameterNodeLogic):
                 inside = values[perfusion.tissue] if np.any(perfusion.tissue) else values.ravel()
                 wl = (0.0, float(np.percentile(inside, 99.5)) if inside.size else 1.0)
             mc.set_volume_display(node, color, wl, lower_threshold=1e-6)
+            mc.set_voxel_value_units(node, *MAP_UNITS_UCUM[key], MAP_QUANTITIES[key])
             node.SetAttribute("AIFSelector.Map", key)
             node.SetAttribute("AIFSelector.Unit", unit)
             self.setNode(MAP_PARAMETERS[key], node)
@@ -570,6 +574,11 @@ class AIFSelectorLogic(ParameterNodeLogic):
         self.assignMapsToCompareViews()
         return layout is not None
 
+    def storeCompareLayout(self) -> None:
+        """For a scene saved outside the application: the compare layout stored with its views (a bundle)."""
+        store_compare_views(self.scene)
+        self.showMapsInCompareLayout()
+
     def assignMapsToCompareViews(self) -> None:
         """Each compare view's background = its map, linked controls so the views move together."""
         by_view = {MAP_DISPLAY[k][0]: self.mapVolume(k) for k in MAP_NAMES}
@@ -588,7 +597,3 @@ class AIFSelectorLogic(ParameterNodeLogic):
         for node, tag in self._observations:
             node.RemoveObserver(tag)
         self._observations = []
-
-
-__all__ = ["AIFSelectorLogic", "Cancelled", "PARAMETERS", "NODE_PARAMETERS", "MAP_NAMES", "COMPARE_LAYOUT_ID",
-           "COMPARE_LAYOUT_XML", "COMPARE_VIEWS", "torch_available"]

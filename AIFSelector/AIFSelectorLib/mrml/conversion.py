@@ -171,6 +171,17 @@ def set_volume_display(volume_node, color_node_id: str, window_level_min_max: Op
     display.EndModify(was)
 
 
+def set_voxel_value_units(volume_node, ucum_code: str, meaning: str, quantity: str) -> None:
+    """The volume's standard voxel-value quantity and unit (coded entries: UCUM for the unit), which Slicer
+    shows wherever it shows units."""
+    unit = slicer.vtkCodedEntry()
+    unit.SetValueSchemeMeaning(ucum_code, "UCUM", meaning)
+    volume_node.SetVoxelValueUnits(unit)
+    what = slicer.vtkCodedEntry()
+    what.SetValueSchemeMeaning(quantity, "99STROKELESION", quantity)
+    volume_node.SetVoxelValueQuantity(what)
+
+
 def available_color_id(scene, preferred: Iterable[str]) -> str:
     """The first of ``preferred`` colour node IDs present in the scene; the last one when none is (a
     built-in Slicer colour table, resolved when the scene opens in Slicer)."""

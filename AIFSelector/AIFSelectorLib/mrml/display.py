@@ -1,6 +1,6 @@
-"""How the AIFSelector module shows things: map windows, units and colour tables, the Pvol colours, the
-curve chart's series styles, the markups colours and the six-view compare layout. Constants only, shared
-by the Logic, the scene bundle and the web app."""
+"""How the AIFSelector module shows things: map windows, units and colour tables, the Pvol colours, the CTP
+window, the curve chart's series styles, the markups colours and the six-view compare layout, shared by the
+Logic, the scene bundle and the web app."""
 
 MAP_DISPLAY = {
     # name: (node name, unit, window/level min and max, colour node IDs in order of preference)
@@ -12,8 +12,22 @@ MAP_DISPLAY = {
     "rcbf": ("rCBF", "fraction of control", (0.0, 1.5)),
     "rcbv": ("rCBV", "fraction of control", (0.0, 1.5)),
 }
-MAP_COLORS = ("vtkMRMLColorTableNodeFileColdToHotRainbow.txt", "vtkMRMLColorTableNodeRainbow")
-PVOL_COLORS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLPETProceduralColorNodePET-Heat")
+MAP_COLORS = ("vtkMRMLPETProceduralColorNodePET-Rainbow2",)
+"""The maps' colours: PET-Rainbow2 (black at zero, then blue, green, yellow, red), a procedural table that
+every Slicer and slicer-core scene holds, so the app and a scene bundle show the same colours."""
+PVOL_COLORS = ("vtkMRMLPETProceduralColorNodePET-Heat",)
+"""The probability volumes' colours: PET-Heat (black, red, yellow, white), in every scene too."""
+CTP_WINDOW_HU = (0.0, 80.0)
+"""The CTP images open at a brain window, W 80 / L 40 HU (grey and white matter apart)."""
+
+MAP_UNITS_UCUM = {"cbf": ("mL/(100.g)/min", "ml/100g/min"), "cbv": ("mL/(100.g)", "ml/100g"), "mtt": ("s", "s"),
+                  "tmax": ("s", "s"), "ttp": ("s", "s"), "rcbf": ("1", "fraction of control"),
+                  "rcbv": ("1", "fraction of control")}
+"""Each map's voxel-value unit as a UCUM code and its meaning, set as the volume's standard unit (Slicer
+shows it where it shows units, e.g. the data probe)."""
+MAP_QUANTITIES = {"cbf": "Cerebral blood flow", "cbv": "Cerebral blood volume", "mtt": "Mean transit time",
+                  "tmax": "Time to maximum of the residue function", "ttp": "Time to peak",
+                  "rcbf": "Relative cerebral blood flow", "rcbv": "Relative cerebral blood volume"}
 
 CURVE_COLUMNS = ("time_s", "aif_hu", "vof_hu", "aif_auto_hu", "vof_auto_hu", "tissue_hu")
 SERIES_STYLE = {
@@ -47,3 +61,30 @@ COMPARE_LAYOUT_XML = (
 
 MARKUPS = {"artery": ("arteryMarkups", "AIF arteries", (0.9, 0.1, 0.1)),
            "vein": ("veinMarkups", "VOF veins", (0.1, 0.3, 0.9))}
+
+
+def store_compare_views(scene) -> None:
+    """A layout node (when the scene has none, as outside the application) and, for each of COMPARE_VIEWS
+    missing, its slice node (axial) and slice composite node, named after the view, so that the layout
+    manager of the application that opens the scene reuses them."""
+    import slicer
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    if scene.GetFirstNodeByClass("vtkMRMLLayoutNode") is None:
+        layout = slicer.vtkMRMLLayoutNode()
+        layout.SetSingletonTag("vtkMRMLLayoutNode")
+        scene.AddNode(layout)
+    existing = {scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode").GetLayoutName()
+                for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))}
+    for view in COMPARE_VIEWS:
+        if view in existing:
+            continue
+        slice_node = slicer.vtkMRMLSliceNode()
+        slice_node.SetName(view)
+        slice_node.SetLayoutName(view)
+        slice_node.SetSingletonTag(view)
+        slice_node.SetOrientationToAxial()
+        scene.AddNode(slice_node)
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(view)
+        composite.SetSingletonTag(view)
+        scene.AddNode(composite)

@@ -30,6 +30,7 @@ def build_case_scene(env: StandaloneScene, result, name: str = "CTP", lesion: Op
     aif.addSeries(result.series, name)
     aif.setInputFunctions(result.functions, automatic=True)
     aif.setMaps(result.perfusion)
+    aif.storeCompareLayout()
 
     lesion_logic = StrokeLesionLogic(env.scene)
     lesion_logic.setThresholds(options.thresholds.core_rcbf, options.thresholds.tmax_s,
