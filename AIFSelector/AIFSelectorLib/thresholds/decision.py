@@ -66,3 +66,19 @@ def lesion_volumes(core: np.ndarray, penumbra: np.ndarray, voxel_ml: float) -> D
         "mismatch_volume_ml": round(pen_ml, 2),
         "mismatch_ratio": round((core_ml + pen_ml) / core_ml, 2) if core_ml > 0 else None,
     }
+
+
+HIR_TMAX_S = 10.0
+"""The hypoperfusion intensity ratio's severe threshold: HIR = volume(Tmax > 10 s) / volume(Tmax > 6 s)
+(Olivot et al., Stroke 2014; a HIR above 0.4 marks poor collaterals)."""
+
+
+def hypoperfusion_intensity_ratio(tmax_s: np.ndarray, at_risk: np.ndarray, voxel_ml: float,
+                                  severe_tmax_s: float = HIR_TMAX_S) -> Dict[str, Optional[float]]:
+    """{'tmax_severe_ml': volume (ml) of the at-risk tissue (core + penumbra, Tmax over the threshold) with
+    Tmax > severe_tmax_s, 'hypoperfusion_intensity_ratio': that over the at-risk volume (None without one)}."""
+    at_risk = np.asarray(at_risk, bool)
+    severe = at_risk & (np.asarray(tmax_s) > severe_tmax_s)
+    n_risk, n_severe = int(np.count_nonzero(at_risk)), int(np.count_nonzero(severe))
+    return {"tmax_severe_ml": round(n_severe * voxel_ml, 2),
+            "hypoperfusion_intensity_ratio": round(n_severe / n_risk, 3) if n_risk else None}

@@ -21,7 +21,7 @@ from AIFSelectorLib.io import aif_csv
 from AIFSelectorLib.io.volume_io import atomic_path, write_volume
 from AIFSelectorLib.maps.compute import PerfusionMaps, compute_maps
 from AIFSelectorLib.prepare.prepared import PreparedSeries, prepare
-from AIFSelectorLib.thresholds.decision import Thresholds, decide, lesion_volumes
+from AIFSelectorLib.thresholds.decision import Thresholds, decide, hypoperfusion_intensity_ratio, lesion_volumes
 MAP_FILES = ("cbf", "cbv", "mtt", "tmax", "ttp", "rcbf", "rcbv")
 
 
@@ -85,7 +85,9 @@ def run_case(series: CTPSeries, options: RunOptions = RunOptions(), progress=Non
                             options.thresholds)
     timings["core_penumbra"] = time.perf_counter() - t0
     result = CaseResult(prepared, functions, perfusion, core, penumbra,
-                        lesion_volumes(core, penumbra, voxel_ml), timings, options)
+                        {**lesion_volumes(core, penumbra, voxel_ml),
+                         **hypoperfusion_intensity_ratio(perfusion.maps["tmax"], core | penumbra, voxel_ml)},
+                        timings, options)
     if options.lesion_model != "none":
         from StrokeLesionLib.lesion_models.registry import segment
         t0 = time.perf_counter()
@@ -179,7 +181,7 @@ def write_outputs(result: CaseResult, folder: Path, report: dict, figure: bool =
         write_lesion_outputs(folder, result.lesion, result.lesion_extras, g)
     if figure:
         from StrokeLesionLib.case.report_figure import save_report_figure
-        save_report_figure(result, folder / "report.png")
+        save_report_figure(result, folder / "report.png", report.get("input"))
     write_json(folder / "report.json", report)
 
 
