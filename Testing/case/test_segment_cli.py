@@ -91,7 +91,7 @@ def test_segment_sean_and_xnet_write_lesion_and_report(tmp_path, case, weights, 
         np.testing.assert_array_equal(lesion > 0, case.truth["lesion"])
         assert g.matches(case.series.geometry)
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-        assert report["lesion_ml"] == pytest.approx(case.truth["lesion"].sum() * voxel_ml)
+        assert report["lesion_ml"] == pytest.approx(case.truth["lesion"].sum() * voxel_ml, abs=0.005)  # 0.01 ml
         assert report["lesion_model"]["model"] == model and report["lesion_model"]["version"] == f"{model}-test"
         assert {"load", "segmentation", "network", "total"} <= set(report["lesion_model"]["timings_s"])
         assert report["input"]["shape_zyx"] == list(case.ncct.shape)
@@ -137,7 +137,7 @@ def test_run_with_lesion_model_writes_lesion_pseudo_dwi_and_volume(tmp_path, cas
     assert {"lesion.nii.gz", "pseudo_dwi.nii.gz", "cbf.nii.gz", "core.nii.gz"} <= {p.name for p in out.iterdir()}
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     lesion_ml = case.truth["lesion"].sum() * np.prod(SPACING) / 1000
-    assert report["volumes_ml"]["lesion_ml"] == pytest.approx(lesion_ml)
+    assert report["volumes_ml"]["lesion_ml"] == pytest.approx(lesion_ml, abs=0.005)
     assert report["models"]["pseudodwi"]["version"] == "pseudodwi-test"
     assert "lesion_model" in report["timings_s"]
     assert "lesion (pseudodwi)" in stdout
@@ -224,7 +224,7 @@ def test_segment_api_checks_inputs(case, fakes):
     assert not fakes
     mask, extras, info = segment("xnet", {"t1": case.t1, "spacing_xyz": SPACING}, device="cpu")
     assert mask.dtype == bool and info["model"] == "xnet" and extras == {}
-    assert info["lesion_ml"] == pytest.approx(case.truth["lesion"].sum() * np.prod(SPACING) / 1000)
+    assert info["lesion_ml"] == pytest.approx(case.truth["lesion"].sum() * np.prod(SPACING) / 1000, abs=0.005)
 
 
 def test_real_pseudo_dwi_inference_with_untrained_weights(tmp_path, case, monkeypatch, capsys):
@@ -252,7 +252,8 @@ def test_real_pseudo_dwi_inference_with_untrained_weights(tmp_path, case, monkey
     assert not np.any((lesion > 0) & (brain == 0))  # the lesion lies inside the brain
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["lesion_model"]["version"] == "untrained-test"
-    assert report["volumes_ml"]["lesion_ml"] == pytest.approx(np.count_nonzero(lesion) * np.prod(SPACING) / 1000)
+    assert report["volumes_ml"]["lesion_ml"] == pytest.approx(np.count_nonzero(lesion) * np.prod(SPACING) / 1000,
+                                                              abs=0.005)
 
 
 @pytest.mark.parametrize("model, image", [("pseudodwi", "ctp"), ("sean", "ncct"), ("xnet", "t1")])

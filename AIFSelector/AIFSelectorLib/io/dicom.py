@@ -13,7 +13,11 @@ Frame times [s, from the first frame]: the mean Acquisition Time of the frame's 
 Time, else Trigger Time (0018,1060, ms) -- the first present in every file that is not the same in
 every frame. Times wrap at midnight (a series shorter than 12 h is unwrapped).
 
-Refused with one line: a folder holding several series, unless one is chosen (``series_uid``, the
+Also read: AcquisitionDateTime (0008,002A) when the time tags are only there; one enhanced multi-frame file
+(:mod:`io.dicom_enhanced`); compressed transfer syntaxes that GDCM decodes (JPEG lossless, JPEG 2000, RLE).
+
+Refused with one line: a toggling-table ("shuttle") acquisition, whose table positions alternate with their
+own frame times; a folder holding several series, unless one is chosen (``series_uid``, the
 command line's ``--series UID``; the error lists each series' UID, description, image count and time
 points); images of one series with different orientations or pixel spacings; slice positions with a gap
 (a slice missing in every frame).
@@ -28,6 +32,7 @@ import SimpleITK as sitk
 
 from AIFSelectorLib.ctp_series import make_series
 from AIFSelectorLib.errors import InputError
+from AIFSelectorLib.io.dicom_enhanced import ENHANCED_SOP_CLASSES, dicom_datetime_s, read_enhanced_series
 from AIFSelectorLib.io.time_grid import frame_times
 from AIFSelectorLib.io.volume_io import geometry_of
 
@@ -40,6 +45,9 @@ TAG_TEMPORAL_POSITION = "0020|0100"
 TAG_TRIGGER_TIME = "0018|1060"
 TAG_INSTANCE_NUMBER = "0020|0013"
 TAG_SERIES_DESCRIPTION = "0008|103e"
+TAG_ACQUISITION_DATETIME = "0008|002a"
+TAG_NUMBER_OF_FRAMES = "0028|0008"
+TAG_SOP_CLASS = "0008|0016"
 TAG_PIXEL_SPACING = "0028|0030"
 TAG_STUDY_DATE = "0008|0020"
 TAG_ACQUISITION_DATE = "0008|0022"
@@ -98,7 +106,7 @@ def dicom_time_s(text: str) -> Optional[float]:
 
 
 class _Slice:
-    __slots__ = ("path", "series", "ipp", "iop", "fields", "pos", "description", "pixel_spacing", "date")
+    __slots__ = ("path", "series", "ipp", "iop", "fields", "pos", "description", "pixel_spacing", "date", "enhanced")
 
     def __init__(self, path: Path, reader: sitk.ImageFileReader):
         def tag(key):
@@ -111,8 +119,11 @@ class _Slice:
         self.description = tag(TAG_SERIES_DESCRIPTION)
         self.pixel_spacing = _floats(tag(TAG_PIXEL_SPACING), 2)
         self.date = tag(TAG_ACQUISITION_DATE) or tag(TAG_STUDY_DATE)
+        frames = _number(tag(TAG_NUMBER_OF_FRAMES))
+        self.enhanced = tag(TAG_SOP_CLASS) in ENHANCED_SOP_CLASSES and frames is not None and frames > 1
         self.fields = {
             "acquisition time": dicom_time_s(tag(TAG_ACQUISITION_TIME)),
+            "acquisition datetime": dicom_datetime_s(tag(TAG_ACQUISITION_DATETIME)),
             "content time": dicom_time_s(tag(TAG_CONTENT_TIME)),
             "temporal position": _number(tag(TAG_TEMPORAL_POSITION)),
             "trigger time": _number(tag(TAG_TRIGGER_TIME)),
@@ -186,6 +197,21 @@ def _check_consistent(slices: List["_Slice"], source: str) -> None:
                              f"{first.path.name}: the series mixes pixel spacings")
 
 
+def _refuse_table_toggling(groups: Dict[float, List["_Slice"]], positions: List[float], source: str) -> None:
+    """InputError when the time points cover disjoint slabs of several slices each that together make the
+    whole series: a toggling-table ("shuttle") acquisition, whose slabs each have their own frame times.
+    Refused rather than merged, because one time grid would misplace every other slab's frames."""
+    slabs = {frozenset(s.pos for s in g) for g in groups.values()}
+    if len(slabs) < 2 or any(len(slab) < 2 for slab in slabs):
+        return
+    union = set().union(*slabs)
+    if sum(len(slab) for slab in slabs) == len(union) and union == set(positions):
+        ranges = ", ".join(f"{min(slab):g} to {max(slab):g} mm" for slab in sorted(slabs, key=min))
+        raise InputError(f"{source}: a toggling-table (shuttle) acquisition: {len(slabs)} table positions "
+                         f"({ranges}) alternate, each with its own frame times; not supported: put each table "
+                         f"position's images in a folder of its own and process them separately")
+
+
 def _check_no_gap(positions: List[float], source: str) -> None:
     if len(positions) < 3:
         return
@@ -229,6 +255,8 @@ def read_dicom_series(folder, dt_s: Optional[float] = None, files: Optional[Sequ
     else:
         slices = next(iter(by_series.values()))
     uid = slices[0].series
+    if len(slices) == 1 and slices[0].enhanced:
+        return read_enhanced_series(slices[0].path, dt_s)
     if len(slices) == 1:
         raise InputError(f"{source}: a single DICOM image, not a CT perfusion series")
     for s in slices:
@@ -248,7 +276,7 @@ def read_dicom_series(folder, dt_s: Optional[float] = None, files: Optional[Sequ
 
     frames = None
     first_grouping = None
-    for field in ("acquisition time", "content time", "temporal position"):
+    for field in ("acquisition time", "content time", "acquisition datetime", "temporal position"):
         if not present(field):
             continue
         groups = _group(slices, field)
@@ -257,6 +285,7 @@ def read_dicom_series(folder, dt_s: Optional[float] = None, files: Optional[Sequ
         if all(len(g) == len(positions) and len({s.pos for s in g}) == len(positions) for g in groups.values()):
             frames = [groups[k] for k in sorted(groups)]
             break
+        _refuse_table_toggling(groups, positions, source)
         first_grouping = first_grouping or (field, groups)
     if frames is None:  # per-slice time stamps: the k-th time point at every slice position is frame k
         by_pos: Dict[float, List[_Slice]] = {}
@@ -275,8 +304,8 @@ def read_dicom_series(folder, dt_s: Optional[float] = None, files: Optional[Sequ
                                  f"{len(positions)} slice positions)")
             raise InputError(f"{source}: the DICOM frames have different slice counts "
                              f"(slice positions hold {', '.join(map(str, counts))} images)")
-        order = next((f for f in ("acquisition time", "content time", "trigger time", "temporal position",
-                                  "instance number")
+        order = next((f for f in ("acquisition time", "content time", "acquisition datetime", "trigger time",
+                                  "temporal position", "instance number")
                       if present(f) and len({s.fields[f] for s in slices}) > 1), None)
         if order is None:
             raise InputError(f"{source}: frame times are missing (no acquisition, content or trigger time, "
@@ -294,7 +323,8 @@ def read_dicom_series(folder, dt_s: Optional[float] = None, files: Optional[Sequ
         times = frame_times(n, dt_s)
     else:
         times = None
-        for field, scale in (("acquisition time", 1.0), ("content time", 1.0), ("trigger time", 1e-3)):
+        for field, scale in (("acquisition time", 1.0), ("content time", 1.0), ("acquisition datetime", 1.0),
+                             ("trigger time", 1e-3)):
             if not present(field):
                 continue
             t = np.array([np.mean([s.fields[field] for s in f]) for f in frames]) * scale
