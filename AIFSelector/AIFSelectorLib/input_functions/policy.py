@@ -9,13 +9,21 @@ Selectors (one set of names everywhere):
 - a path to an AIF file (``time_s,aif_hu[,vof_hu]``, :mod:`io.aif_csv`) on the series' time grid; a file
   without ``vof_hu`` gets a warning (no partial-volume correction).
 ``auto``, the Slicer modules' former name of ``aifnet``, is read as ``aifnet`` (old scenes).
+
+The curves of both selectors come out in absolute HU of blood (:func:`on_blood_level`): the AIF, a
+partial-volume mixture of artery and tissue, is scaled to the VOF's area as the maps use it (tracer
+conservation), and both curves stand on the VOF's pre-contrast level (arterial and venous blood have the
+same HU before the contrast). The maps depend only on the scaled enhancement, so they do not change; a
+file's curves are used as given.
 """
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
+
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.input_functions.classic import select_classic
-from AIFSelectorLib.input_functions.functions import InputFunctions
+from AIFSelectorLib.input_functions.functions import InputFunctions, baseline_removed, vof_scale
 from AIFSelectorLib.io import aif_csv
 from AIFSelectorLib.prepare.prepared import PreparedSeries
 
@@ -40,14 +48,28 @@ def select_input_functions(prepared: PreparedSeries, selector: str = "aifnet", d
     selector = canonical_selector(selector)
     report(0.0, "selecting the AIF and VOF")
     if selector == "classic":
-        functions = classic_functions(prepared)
+        functions = on_blood_level(classic_functions(prepared), prepared.bolus.n_baseline)
     elif selector == "aifnet":
-        functions = _aifnet_or_fallback(prepared, device)
+        functions = on_blood_level(_aifnet_or_fallback(prepared, device), prepared.bolus.n_baseline)
     else:
         if not Path(selector).suffix.lower() == ".csv" and not Path(selector).exists():
             raise InputError(f"unknown AIF selector {selector!r}: use {' or '.join(SELECTORS)}, or an AIF CSV file")
         functions = _from_file(prepared, selector)
     report(1.0, "done")
+    return functions
+
+
+def on_blood_level(functions: InputFunctions, n_baseline: int) -> InputFunctions:
+    """The AIF's enhancement scaled to the VOF's area (vof_scale: the partial-volume correction the maps
+    apply) on the VOF's pre-contrast level, so the AIF reads in HU of arterial blood; the factor is in
+    details['aif_partial_volume_scale']. Without a VOF the curves are returned as they are."""
+    if functions.vof_hu is None:
+        return functions
+    aif_enh = baseline_removed(functions.aif_hu, n_baseline)
+    scale = vof_scale(aif_enh, baseline_removed(functions.vof_hu, n_baseline))
+    level = float(np.mean(np.asarray(functions.vof_hu, dtype=np.float64)[:max(1, n_baseline)]))
+    functions.aif_hu = level + scale * aif_enh
+    functions.details["aif_partial_volume_scale"] = scale
     return functions
 
 

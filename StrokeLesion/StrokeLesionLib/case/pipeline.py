@@ -113,10 +113,12 @@ def input_section(series: CTPSeries, source: str, note: str = "") -> dict:
 def aif_section(prepared: PreparedSeries, functions: InputFunctions, quality_flags: Dict[str, bool],
                 aif_enh_hu: np.ndarray, scale: float) -> dict:
     """report.json's "aif": the selector, bolus arrival (s), baseline frames, the AIF's peak enhancement as
-    deconvolved (HU) and its partial-volume scale, the quality flags, warnings and the selector's details."""
+    deconvolved (HU) and its whole partial-volume scale (the selection policy's times the maps'), the quality
+    flags, warnings and the selector's details."""
     return {"selector": functions.method, "bolus_arrival_s": prepared.bolus.arrival_s,
             "baseline_frames": prepared.bolus.n_baseline, "aif_peak_enhancement_hu": float(np.max(aif_enh_hu)),
-            "vof_partial_volume_scale": scale, "quality_flags": quality_flags,
+            "vof_partial_volume_scale": float(functions.details.get("aif_partial_volume_scale", 1.0)) * scale,
+            "quality_flags": quality_flags,
             "warnings": list(functions.warnings), **{k: v for k, v in functions.details.items()}}
 
 

@@ -103,8 +103,8 @@ def save_report_figure(result, path, source: Optional[dict] = None) -> Path:
 
     ax = fig.add_subplot(grid[0, 0:2])
     n0 = result.prepared.bolus.n_baseline
-    ax.plot(t, f.aif_hu - np.mean(f.aif_hu[:n0]), "r-", label=f"AIF ({f.method})")
-    ax.plot(t, p.aif_enh_hu, "r--", lw=1, label=f"AIF x{p.aif_scale:.2f}, scaled to the VOF area (deconvolved)")
+    scale = float(f.details.get("aif_partial_volume_scale", 1.0)) * p.aif_scale
+    ax.plot(t, p.aif_enh_hu, "r-", label=f"AIF ({f.method}) x{scale:.2f}, scaled to the VOF area (deconvolved)")
     if f.vof_hu is not None:
         ax.plot(t, f.vof_hu - np.mean(f.vof_hu[:n0]), "b-", label="VOF")
     ax.axvline(result.prepared.bolus.arrival_s, color="gray", ls=":", lw=1, label="bolus arrival")

@@ -8,10 +8,11 @@ pipeline catches it and falls back to the classic selector with a warning in the
 
 VOF recalibration (AIFNet paper): the Pvol-weighted VOF is smoothed by the averaging, so its enhancement
 is rescaled so that its peak equals the maximum of the Pvol-weighted peak-to-baseline (PTB) volume,
-max_v (Pvol(v) / max Pvol) * PTB(v). Only the enhancement is rescaled. The absolute level of both curves
-(their pre-contrast HU) is the pre-contrast HU of the VOF_BASELINE_VOXELS voxels that score highest on that
+max_v (Pvol(v) / max Pvol) * PTB(v). Only the enhancement is rescaled. The VOF's absolute level (its
+pre-contrast HU) is the pre-contrast HU of the VOF_BASELINE_VOXELS voxels that score highest on that
 product (blood, about 40 HU), not the baseline of the weighted sum, which a spread-out Pvol mixes with air,
-bone and tissue (the VOF read -461 HU on the demo phantom). The maps use only the enhancement.
+bone and tissue (the VOF read -461 HU on the demo phantom). The selection policy then puts the AIF on that
+blood level too (input_functions.policy.on_blood_level). The maps use only the enhancement.
 """
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
@@ -153,16 +154,6 @@ def pre_contrast_level(series: CTPSeries, score: np.ndarray, n_baseline: int) ->
     return float(np.asarray(series.data[:n0]).reshape(n0, -1)[:, best].astype(np.float64).mean())
 
 
-def on_vessel_level(curve_hu: np.ndarray, pvol: np.ndarray, ptb_hu: np.ndarray, series: CTPSeries,
-                    n_baseline: int) -> np.ndarray:
-    """A Pvol-weighted curve (t,) HU moved to the pre-contrast level of its vessel (:func:`pre_contrast_level`
-    of Pvol x PTB); its enhancement, which the maps use, is unchanged."""
-    curve_hu = np.asarray(curve_hu, np.float64)
-    n0 = max(1, n_baseline)
-    score = (pvol / max(float(pvol.max()), 1e-30)) * ptb_hu
-    return curve_hu - curve_hu[:n0].mean() + pre_contrast_level(series, score, n0)
-
-
 def peak_to_baseline(series: CTPSeries, n_baseline: int) -> np.ndarray:
     """(z, y, x) float32: every voxel's maximum minus its pre-contrast mean."""
     from AIFSelectorLib.prepare.preprocessing import slabs
@@ -205,7 +196,6 @@ def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Opt
     vof_raw = dense_weighted_curve(series, vof_pvol)
     ptb = peak_enh_hu if peak_enh_hu is not None else peak_to_baseline(series, n_baseline)
     vof_hu, factor = recalibrate_vof(vof_raw, vof_pvol, ptb, n_baseline, series)
-    aif_hu = on_vessel_level(aif_hu, aif_pvol, ptb, series, n_baseline)
     warnings = []
     conc = {"aif": concentration(aif_pvol), "vof": concentration(vof_pvol)}
     replaced = []
