@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM
@@ -168,13 +169,15 @@ def _options(args):
     return options
 
 
-def _run_and_write(series, options, stage, source, note="", extra_report=None):
+def _run_and_write(series, options, stage, source, note="", extra_report=None, read_s=None):
     """Runs the case and writes its outputs into ``stage`` (a claimed output folder); ``extra_report``:
-    optional callable(result) -> dict of more report.json sections."""
+    optional callable(result) -> dict of more report.json sections; ``read_s``: seconds spent reading."""
     from StrokeLesionLib.case.pipeline import report_dict, run_case, write_outputs
     with _progress_bar("maps") as progress:
         result = run_case(series, options, progress=progress)
     report = report_dict(result, source, note)
+    if read_s is not None:
+        report["timings_s"] = {"read": round(read_s, 3), **report["timings_s"]}
     if extra_report is not None:
         report.update(extra_report(result))
     write_outputs(result, stage.path, report)
@@ -226,10 +229,12 @@ def cmd_run(args):
     options = _options(args)
     aif_file = None if args.aif in ("aifnet", "classic") else args.aif
     with _claim(args, [args.ctp, args.mask, aif_file], _needed_for(args.ctp)) as stage:
+        t0 = time.perf_counter()
         series, note = load_series(args.ctp, args.dt, args.series)
         if args.mask:
             options.brain_mask = _load_mask(args.mask, series)
-        result, report = _run_and_write(series, options, stage, str(args.ctp), note)
+        result, report = _run_and_write(series, options, stage, str(args.ctp), note,
+                                        read_s=time.perf_counter() - t0)
     _print_volumes(report)
     if result.lesion is not None:
         print(f"lesion ({options.lesion_model}) {report['volumes_ml']['lesion_ml']:.1f} ml")
@@ -286,7 +291,6 @@ def _read_maps_folder(folder, series):
 
 
 def cmd_segment(args):
-    import time
     from StrokeLesionLib.lesion_models.registry import check_weights, segment
     from StrokeLesionLib.case.pipeline import VERSION, write_json, write_lesion_outputs
     t0 = time.perf_counter()

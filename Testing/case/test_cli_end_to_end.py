@@ -149,4 +149,5 @@ def test_one_report_schema(phantom_dir, tmp_path):
     assert run["aif"] == aif["aif"]
     assert set(run["aif"]["quality_flags"]) == {"truncated_bolus", "late_arrival", "low_peak", "saturation",
                                                 "outlier_samples", "vof_missing"}
+    assert list(run["timings_s"]) == ["read", "prepare", "input_functions", "maps", "decision", "write", "figure"]
     assert all(v is None or round(v, 2) == v for k, v in run["volumes_ml"].items() if k.endswith("_ml"))

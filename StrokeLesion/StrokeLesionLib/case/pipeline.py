@@ -83,7 +83,7 @@ def run_case(series: CTPSeries, options: RunOptions = RunOptions(), progress=Non
     voxel_ml = series.geometry.voxel_volume_ml
     core, penumbra = decide(perfusion.maps["rcbf"], perfusion.maps["tmax"], perfusion.tissue, voxel_ml,
                             options.thresholds)
-    timings["core_penumbra"] = time.perf_counter() - t0
+    timings["decision"] = time.perf_counter() - t0
     result = CaseResult(prepared, functions, perfusion, core, penumbra,
                         {**lesion_volumes(core, penumbra, voxel_ml),
                          **hypoperfusion_intensity_ratio(perfusion.maps["tmax"], core | penumbra, voxel_ml)},
@@ -166,8 +166,10 @@ def thread_report() -> dict:
 
 
 def write_outputs(result: CaseResult, folder: Path, report: dict, figure: bool = True) -> None:
-    """Writes the contract's files into ``folder`` (a staging folder: see output_folder)."""
+    """Writes the contract's files into ``folder`` (a staging folder: see output_folder); report.json last,
+    with the seconds spent writing the images ('write') and drawing report.png ('figure') in its timings."""
     folder = Path(folder)
+    t0 = time.perf_counter()
     g = result.series.geometry
     for name in MAP_FILES:
         write_volume(folder / f"{name}.nii.gz", result.perfusion.maps[name], g)
@@ -181,9 +183,13 @@ def write_outputs(result: CaseResult, folder: Path, report: dict, figure: bool =
             write_volume(folder / f"{name}.nii.gz", pvol, g)
     if result.lesion is not None:
         write_lesion_outputs(folder, result.lesion, result.lesion_extras, g)
+    timings = report.setdefault("timings_s", {})
+    timings["write"] = round(time.perf_counter() - t0, 3)
     if figure:
         from StrokeLesionLib.case.report_figure import save_report_figure
+        t0 = time.perf_counter()
         save_report_figure(result, folder / "report.png", report.get("input"))
+        timings["figure"] = round(time.perf_counter() - t0, 3)
     write_json(folder / "report.json", report)
 
 

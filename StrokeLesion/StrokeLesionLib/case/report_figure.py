@@ -62,8 +62,7 @@ def slice_position_mm(geometry, z: int) -> float:
 def _image(ax, img, labels, title, **kw):
     im = ax.imshow(img, **kw)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_axis_off()  # no ticks to lay out and draw (a third of the figure's time)
     style = dict(color="white", fontsize=8, fontweight="bold", transform=ax.transAxes)
     ax.text(0.02, 0.5, labels["left"], ha="left", va="center", **style)
     ax.text(0.98, 0.5, labels["right"], ha="right", va="center", **style)
