@@ -332,3 +332,67 @@ def test_weights_are_loaded_from_the_bytes_that_were_hashed(model_folder, monkey
     model_weights._load_checked.cache_clear()
     load_model("vof", model_folder[0])
     assert seen and all(hasattr(s, "read") for s in seen)
+
+
+# -------------------------------------------------------------------- found in review: bombs and links
+
+def test_compressed_nrrd_bomb_is_refused_before_inflating(work, capsys):
+    import zlib
+    header = (b"NRRD0004\ntype: short\ndimension: 4\nsizes: 4 4 2 12\nspace: left-posterior-superior\n"
+              b"space directions: (1,0,0) (0,1,0) (0,0,1) none\nkinds: domain domain domain list\n"
+              b"endian: little\nencoding: gzip\naxis 3 index values:=" + b" ".join(b"%d" % i for i in range(12)) + b"\n\n")
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    body = packer.compress(bytes(64 << 20)) + packer.flush()  # 64 MB of zeros for 768 bytes declared
+    (work / "bomb.seq.nrrd").write_bytes(header + body)
+    refused(capsys, work, ["run", work / "bomb.seq.nrrd", "--aif", "classic"], "inflate to more than the header")
+
+
+def test_nifti_extension_bomb_and_pair_magic_are_refused(work, capsys):
+    raw = bytearray((work / "ctp.nii").read_bytes())
+    bomb = bytearray(raw[:348]) + bytes([1, 0, 0, 0]) + struct.pack("<2i", 256 << 20, 0)
+    (work / "ext.nii").write_bytes(bytes(bomb) + bytes(raw[352:]))
+    refused(capsys, work, ["run", work / "ext.nii"], "extension")
+    pair = bytearray(raw)
+    pair[344:348] = b"ni1\0"
+    (work / "pair.nii").write_bytes(bytes(pair))
+    refused(capsys, work, ["run", work / "pair.nii"], "separate .img file")
+
+
+def test_overwrite_never_follows_links_out_of_the_folder(work):
+    from StrokeLesionLib.case.output_folder import MARKER
+    victim = work / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("years of work", encoding="utf-8")
+    out = work / "res"
+    assert main(["aif", str(work / "ctp.nii.gz"), "--aif", "classic", "--out", str(out)]) == 0
+    os.symlink(victim, out / "sub")
+    marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+    marker["files"] += ["sub", "sub/thesis.tex"]  # a marker edited to point through the link
+    (out / MARKER).write_text(json.dumps(marker), encoding="utf-8")
+    assert main(["aif", str(work / "ctp.nii.gz"), "--aif", "classic", "--out", str(out), "--overwrite"]) == 0
+    assert (victim / "thesis.tex").read_text(encoding="utf-8") == "years of work"
+
+
+def test_lock_and_marker_that_are_not_regular_files(work, capsys):
+    (work / "notes.txt").write_text("mine", encoding="utf-8")
+    os.symlink(work / "notes.txt", work / ".out.lock")
+    assert main(["aif", str(work / "ctp.nii.gz"), "--aif", "classic", "--out", str(work / "out")]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert (work / "notes.txt").read_text(encoding="utf-8") == "mine" and not (work / "out").exists()
+    os.unlink(work / ".out.lock")
+    fake = work / "res"
+    fake.mkdir()
+    os.mkfifo(fake / ".strokelesion-output.json")
+    done = []
+    t = threading.Thread(target=lambda: done.append(main(["aif", str(work / "ctp.nii.gz"), "--aif", "classic",
+                                                           "--out", str(fake), "--overwrite"])), daemon=True)
+    t.start()
+    t.join(30)
+    assert done == [2], "a FIFO marker hung the run or was accepted"
+
+
+def test_nrrd_with_a_2d_space_is_one_line(work, capsys):
+    header = (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 12\nspace dimension: 2\n"
+              b"space directions: (1,0) (0,1) none\nkinds: domain domain list\nendian: little\nencoding: raw\n\n")
+    (work / "flat.nrrd").write_bytes(header + bytes(4 * 4 * 12 * 2))
+    refused(capsys, work, ["run", work / "flat.nrrd"], "flat.nrrd")

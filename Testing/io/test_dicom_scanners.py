@@ -70,9 +70,10 @@ def write_single_frames(folder, hu, times, time_tag="datetime", slab_of=None, co
     return folder
 
 
-def write_enhanced(path, hu, times):
-    """One Enhanced CT file: frames shuffled, per-frame position and FrameAcquisitionDateTime, shared
-    spacing, orientation and rescale."""
+def write_enhanced(path, hu, times, per_slice_s=0.0, drop_groups=0):
+    """One Enhanced CT file: frames shuffled, per-frame position and FrameAcquisitionDateTime (each slice
+    ``per_slice_s`` later than the one before), shared spacing, orientation and rescale; ``drop_groups``
+    per-frame groups missing (a corrupted file)."""
     n_frames, nz, ny, nx = hu.shape
     ds = _base(ENHANCED_CT, generate_uid(), ny, nx)
     order = np.random.default_rng(1).permutation(n_frames * nz)
@@ -95,13 +96,13 @@ def write_enhanced(path, hu, times):
         plane = Dataset()
         plane.ImagePositionPatient = [0.0, 0.0, z * SPACING[2]]
         content = Dataset()
-        content.FrameAcquisitionDateTime = _dt(times[f])
+        content.FrameAcquisitionDateTime = _dt(times[f] + per_slice_s * z)
         content.TemporalPositionIndex = f + 1
         item.PlanePositionSequence = [plane]
         item.FrameContentSequence = [content]
         frames.append(item)
         pixels.append(hu[f, z].astype(np.int16) + 1024)
-    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PerFrameFunctionalGroupsSequence = frames[:len(frames) - drop_groups]
     ds.PixelData = np.stack(pixels).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -141,3 +142,17 @@ def test_toggling_table_acquisition_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"toggling-table \(shuttle\) acquisition: 2 table positions "
                                          r"\(0 to 10 mm, 15 to 25 mm\)"):
         load_ctp(folder)
+
+
+def test_enhanced_with_per_slice_times_and_a_corrupted_one(tmp_path, capsys):
+    """Each slice stamped 0.1 s after the one before: frames grouped by TemporalPositionIndex, each time point
+    at its slices' mean time; a file missing functional groups is one line, not a traceback."""
+    hu, times = _series()
+    series = load_ctp(write_enhanced(tmp_path / "stamped.dcm", hu, times, per_slice_s=0.1))
+    np.testing.assert_array_equal(series.data, hu)
+    np.testing.assert_allclose(series.times_s, times, atol=1e-4)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    write_enhanced(broken / "broken.dcm", hu, times, drop_groups=3)
+    with pytest.raises(InputError, match="per-frame functional groups"):
+        load_ctp(broken / "broken.dcm")

@@ -285,8 +285,9 @@ def read_dicom_series(folder, dt_s: Optional[float] = None, files: Optional[Sequ
         if all(len(g) == len(positions) and len({s.pos for s in g}) == len(positions) for g in groups.values()):
             frames = [groups[k] for k in sorted(groups)]
             break
-        _refuse_table_toggling(groups, positions, source)
         first_grouping = first_grouping or (field, groups)
+    if frames is None and first_grouping:  # no field groups whole volumes: slabs with their own times?
+        _refuse_table_toggling(first_grouping[1], positions, source)
     if frames is None:  # per-slice time stamps: the k-th time point at every slice position is frame k
         by_pos: Dict[float, List[_Slice]] = {}
         for s in slices:

@@ -58,20 +58,9 @@ def _per_frame(ds, i, name):
     return _item(per, name) or _item(_item(ds, "SharedFunctionalGroupsSequence"), name)
 
 
-def read_enhanced_series(path, dt_s: Optional[float] = None) -> CTPSeries:
-    """The CTP series of one enhanced multi-frame DICOM file (see the module doc); InputError (one line) for
-    a file that is not one, frames without positions or times, mixed orientations or spacings, or time
-    points that do not cover the same slices."""
-    import pydicom
-    path = Path(path)
-    source = path.name
-    try:
-        ds = pydicom.dcmread(str(path))
-        pixels = ds.pixel_array
-    except Exception as e:  # noqa: BLE001 - corrupt file, unsupported compression
-        raise InputError(f"cannot read {source}: {type(e).__name__}: {e}".splitlines()[0]) from None
-    n = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    pixels = np.asarray(pixels).reshape((n,) + pixels.shape[-2:])
+def _frame_fields(ds, n: int, source: str):
+    """Per frame: position (3,), orientation (6,), pixel spacing (2,), time (s or None), temporal position
+    index (or None), rescale slope and intercept, from the functional groups."""
     positions, orientations, spacings, times, temporal = [], [], [], [], []
     slopes = np.ones(n)
     intercepts = np.zeros(n)
@@ -98,7 +87,36 @@ def read_enhanced_series(path, dt_s: Optional[float] = None) -> CTPSeries:
         source_transform = transform if transform is not None else ds
         slopes[i] = float(getattr(source_transform, "RescaleSlope", 1.0) or 1.0)
         intercepts[i] = float(getattr(source_transform, "RescaleIntercept", 0.0) or 0.0)
-    orientations, spacings = np.array(orientations), np.array(spacings)
+    positions = np.array(positions, dtype=np.float64).reshape(n, 3)
+    orientations = np.array(orientations, dtype=np.float64).reshape(n, 6)
+    spacings = np.array(spacings, dtype=np.float64).reshape(n, 2)
+    return positions, orientations, spacings, times, temporal, slopes, intercepts
+
+
+def read_enhanced_series(path, dt_s: Optional[float] = None) -> CTPSeries:
+    """The CTP series of one enhanced multi-frame DICOM file (see the module doc); InputError (one line) for
+    a file that is not one, frames without positions or times, mixed orientations or spacings, or time
+    points that do not cover the same slices."""
+    import pydicom
+    path = Path(path)
+    source = path.name
+    try:
+        ds = pydicom.dcmread(str(path))
+        pixels = ds.pixel_array
+    except Exception as e:  # noqa: BLE001 - corrupt file, unsupported compression
+        raise InputError(f"cannot read {source}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
+        raise InputError(f"{source}: {ds.SamplesPerPixel} samples per pixel (colour), not a CT or MR image")
+    if per_frame is None or len(per_frame) != n:
+        raise InputError(f"{source}: {n} frames but {0 if per_frame is None else len(per_frame)} per-frame "
+                         f"functional groups: the file is corrupted")
+    pixels = np.asarray(pixels).reshape((n,) + tuple(pixels.shape[-2:]))
+    try:
+        positions, orientations, spacings, times, temporal, slopes, intercepts = _frame_fields(ds, n, source)
+    except (AttributeError, ValueError, TypeError, IndexError, KeyError) as e:
+        raise InputError(f"{source}: unreadable per-frame functional groups ({type(e).__name__})") from None
     if np.max(np.abs(orientations - orientations[0])) > 1e-3:
         raise InputError(f"{source}: the frames have different orientations: the series mixes orientations")
     if np.max(np.abs(spacings - spacings[0])) > 1e-3:
@@ -106,9 +124,16 @@ def read_enhanced_series(path, dt_s: Optional[float] = None) -> CTPSeries:
     row, col = orientations[0][:3], orientations[0][3:]
     normal = np.cross(row, col)
     pos = np.round(np.array(positions) @ normal, 2)
-    if all(t is not None for t in times):
+    nz = len(np.unique(pos))
+    by_index = all(t is not None for t in temporal)
+    if all(t is not None for t in times) and (
+            len(np.unique(np.round(np.array(times, dtype=np.float64), 3))) * nz == n or not by_index):
         keys = np.round(np.array(times, dtype=np.float64), 3)
-    elif all(t is not None for t in temporal):
+    elif by_index and all(t is not None for t in times):  # per-slice times: frames by their temporal index,
+        keys = np.array(temporal, dtype=np.float64)        # each time point at its slices' mean time
+        index_times = {k: np.mean([t for t, i in zip(times, temporal) if i == k]) for k in set(temporal)}
+        times = [index_times[i] for i in temporal]
+    elif by_index:
         keys = np.array(temporal, dtype=np.float64)
         if dt_s is None:
             raise InputError(f"{source}: frame times are missing (only temporal position indices): pass --dt SECONDS")
@@ -117,9 +142,10 @@ def read_enhanced_series(path, dt_s: Optional[float] = None) -> CTPSeries:
                          f"temporal position index): pass --dt SECONDS")
     slice_positions = np.unique(pos)
     time_points = np.unique(keys)
+    key_times = {k: np.mean([t for t, kk in zip(times, keys) if kk == k]) if all(t is not None for t in times)
+                 else None for k in time_points}
     if len(time_points) < 2:
         raise InputError(f"{source}: all frames have one time: a 3D volume, not a CT perfusion series")
-    nz = len(slice_positions)
     if len(time_points) * nz != n:
         raise InputError(f"{source}: {n} frames do not make {len(time_points)} time points of {nz} slices "
                          f"(a time point misses slices, or several table positions alternate)")
@@ -137,10 +163,10 @@ def read_enhanced_series(path, dt_s: Optional[float] = None) -> CTPSeries:
     # pixel spacing is (row spacing, column spacing) = (dy, dx)
     geometry = VolumeGeometry((spacings[0][1], spacings[0][0], step), tuple(positions[first]),
                               np.column_stack([row, col, normal]))
-    if dt_s is not None or not all(t is not None for t in times):
+    if dt_s is not None or any(key_times[k] is None for k in time_points):
         seconds = frame_times(len(time_points), dt_s)
     else:
-        seconds = time_points - time_points[0]
+        seconds = np.array([key_times[k] for k in time_points]) - key_times[time_points[0]]
     if np.all(data == np.round(data)) and data.min() >= -32768 and data.max() <= 32767:
         data = data.astype(np.int16)
     series = make_series(data, seconds, geometry, source)

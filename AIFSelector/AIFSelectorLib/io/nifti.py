@@ -183,6 +183,14 @@ def _check_raw_header(path: Path, bad: str) -> None:
         raise InputError(bad) from None
     if magic not in (b"n+1", b"ni1", b"n+2", b"ni2"):
         raise InputError(bad)
+    if path.name.lower().endswith((".nii", ".nii.gz")) and magic in (b"ni1", b"ni2"):
+        raise InputError(f"{path.name}: the header says its voxels are in a separate .img file, but this is a "
+                         f"single .nii file: the header is broken")
+    if magic in (b"n+1", b"n+2") and np.isfinite(vox_offset) and vox_offset > MAX_HEADER_BYTES:
+        raise InputError(f"{path.name}: corrupted NIfTI header (voxel data offset {vox_offset:g} bytes: header "
+                         f"extensions over {MAX_HEADER_BYTES >> 20} MiB are refused)")
+    _check_extensions(path, size + 4, int(vox_offset) if magic in (b"n+1", b"n+2") else MAX_HEADER_BYTES,
+                      endian)
     n_spatial = min(max(int(dim[0]), 0), 3)
     spacing = pixdim[1:1 + n_spatial]
     if not all(np.isfinite(spacing)) or min(spacing, default=1.0) <= 0:
@@ -191,6 +199,39 @@ def _check_raw_header(path: Path, bad: str) -> None:
     if magic in (b"n+1", b"n+2") and not (np.isfinite(vox_offset) and vox_offset >= min_offset):
         raise InputError(f"{path.name}: corrupted NIfTI header (voxel data offset {vox_offset:g}, must be at "
                          f"least {min_offset})")
+
+
+MAX_HEADER_BYTES = 16 << 20
+"""A NIfTI header with its extensions larger than this (16 MiB) is refused: nibabel reads every extension
+into memory, so a small gzip file could otherwise hold gigabytes of them."""
+
+
+def _check_extensions(path: Path, start: int, end: int, endian: str) -> None:
+    """Walks the header extensions (8-byte size and code each, content skipped) from ``start`` to ``end``
+    (the data offset); InputError when one is malformed or runs past ``end``."""
+    import nibabel as nib
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:
+            f.seek(start - 4)
+            flag = f.read(4)
+            if len(flag) < 4 or flag[0] == 0:
+                return
+            position = start
+            if position + 16 > end:
+                raise InputError(f"{path.name}: corrupted NIfTI header (an extension is flagged but the voxel "
+                                 f"data start at byte {end})")
+            while position < end:
+                head = f.read(8)
+                if len(head) < 8:
+                    break
+                esize, _ = struct.unpack(endian + "2i", head)
+                if esize < 16 or esize % 16 or position + esize > end:
+                    raise InputError(f"{path.name}: corrupted NIfTI header extension (size {esize} at byte "
+                                     f"{position}, data at byte {end})")
+                f.seek(position + esize)
+                position += esize
+    except (OSError, EOFError, zlib.error, struct.error):
+        raise InputError(f"cannot read {path.name}: not a NIfTI image, or it is truncated or corrupted") from None
 
 
 def geometry_of_affine(affine_ras: np.ndarray, header, name: str) -> VolumeGeometry:

@@ -62,6 +62,8 @@ def read_nrrd(path) -> Tuple[np.ndarray, VolumeGeometry, dict]:
         if holder.stat().st_size < n_values * itemsize:
             raise InputError(f"cannot read {holder.name}: the file is truncated or corrupted "
                              f"({holder.stat().st_size} bytes for {n_values * itemsize} bytes of voxels)")
+    else:
+        _check_compressed_length(path, data_file, header, n_values, bad)
     try:
         data, header = nrrd.read(str(path), index_order="C")
     except Exception:  # noqa: BLE001
@@ -69,6 +71,56 @@ def read_nrrd(path) -> Tuple[np.ndarray, VolumeGeometry, dict]:
     if data.dtype.kind not in "iuf":
         raise InputError(f"{path.name} holds {data.dtype} voxels, not real numbers")
     return data, _geometry(header, path.name), header
+
+
+DECOMPRESSION_SLACK_BYTES = 1 << 20
+"""Compressed voxel data may hold this much more than the header declares (a byte skip, padding); more is a
+decompression bomb, refused before pynrrd would inflate it all into memory."""
+
+
+def _check_compressed_length(path: Path, data_file: Optional[Path], header: dict, n_values: int, bad: str) -> None:
+    """InputError when gzip/bzip2 voxel data inflate to more than the header declares (streamed in 16 MiB
+    steps, never held in memory)."""
+    import bz2
+    import zlib
+
+    import nrrd
+    encoding = str(header.get("encoding", "raw")).lower()
+    if encoding in ("gz", "gzip"):
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+    elif encoding in ("bz2", "bzip2"):
+        inflater = bz2.BZ2Decompressor()
+    else:
+        return
+    try:
+        itemsize = np.dtype(nrrd.reader._determine_datatype(header)).itemsize
+    except Exception:  # noqa: BLE001
+        raise InputError(bad) from None
+    limit = n_values * itemsize + DECOMPRESSION_SLACK_BYTES
+    produced = 0
+    with open(data_file or path, "rb") as f:
+        if data_file is None:
+            nrrd.read_header(f)  # leaves the file at the first byte of the voxel data
+        try:
+            while produced <= limit:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                if isinstance(inflater, bz2.BZ2Decompressor):
+                    if inflater.eof:
+                        break
+                    produced += len(inflater.decompress(chunk, max_length=1 << 24))
+                    while not inflater.eof and not inflater.needs_input and produced <= limit:
+                        produced += len(inflater.decompress(b"", max_length=1 << 24))
+                    continue
+                while chunk and produced <= limit:
+                    produced += len(inflater.decompress(chunk, 1 << 24))
+                    chunk = inflater.unconsumed_tail
+        except (OSError, EOFError, zlib.error, ValueError):
+            raise InputError(bad) from None
+    if produced > limit:
+        raise InputError(f"{path.name}: its compressed voxel data inflate to more than the header declares "
+                         f"({n_values * itemsize} bytes): refusing to read it")
 
 
 def list_axis(header: dict) -> Optional[int]:
@@ -88,6 +140,9 @@ def _geometry(header: dict, name: str) -> VolumeGeometry:
     if directions is not None:
         spatial = [np.asarray(r, dtype=np.float64) for r in directions
                    if r is not None and np.all(np.isfinite(np.asarray(r, dtype=np.float64)))]
+    if any(v.shape != (3,) for v in spatial):
+        raise InputError(f"{name}: the NRRD space has {spatial[0].size if spatial else 0} dimensions; a CT volume "
+                         f"lies in 3D space")
     if len(spatial) != 3:
         spacings = header.get("spacings")
         if spacings is None or len([s for s in spacings if np.isfinite(s)]) < 3:

@@ -28,7 +28,9 @@ import ctypes.util
 import errno
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -92,9 +94,8 @@ def check_target(out, inputs: Iterable = (), overwrite: bool = False) -> Path:
 def _owned_files(folder: Path, shown: str) -> list:
     """The files listed in ``folder``'s marker; InputError when there is no valid marker or when the folder
     holds anything the marker does not list."""
-    marker = folder / MARKER
     try:
-        content = json.loads(marker.read_text(encoding="utf-8"))
+        content = json.loads(_read_small_regular_file(folder / MARKER).decode("utf-8"))
         listed = content["files"] if content.get("tool") == TOOL else None
         if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
             listed = None
@@ -103,13 +104,31 @@ def _owned_files(folder: Path, shown: str) -> list:
     if listed is None:
         raise InputError(f"--overwrite refused: {shown} was not written by strokelesion (no {MARKER}); "
                          f"only a folder this tool wrote is ever replaced: choose another folder")
-    allowed = set(listed) | {MARKER}
+    allowed = set(listed) | {MARKER, PARTIAL_MARKER}
     extra = sorted(rel for rel in _relative_files(folder) if rel not in allowed)
     if extra:
         shown_extra = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
         raise InputError(f"--overwrite refused: {shown} holds files strokelesion did not write ({shown_extra}): "
                          f"move them away or choose another folder")
     return listed
+
+
+MARKER_MAX_BYTES = 1 << 20
+"""A marker larger than this (1 MiB) is not one this tool wrote."""
+
+
+def _read_small_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` when it is a regular file (not a link, FIFO or device) of at most
+    MARKER_MAX_BYTES; OSError otherwise (a FIFO would block, /dev/zero would never end)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MARKER_MAX_BYTES:
+            raise OSError(errno.EINVAL, "not a marker file", str(path))
+        return os.read(fd, MARKER_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def _relative_files(folder: Path) -> list:
@@ -150,9 +169,15 @@ def _lock(lock_path: Path, shown: str) -> int:
     """An open, locked descriptor of ``lock_path`` (created if needed), whose content names this process."""
     for _ in range(20):
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise InputError(f"{lock_path} is a symbolic link, not strokelesion's lock file: remove it "
+                                 f"or choose another folder") from None
             raise InputError(f"cannot write in {lock_path.parent}: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InputError(f"{lock_path} is not a regular file: remove it or choose another folder")
         if not _try_lock(fd):
             try:
                 holder = os.read(fd, 64).decode("ascii", "replace").split()[:1]
@@ -163,7 +188,7 @@ def _lock(lock_path: Path, shown: str) -> int:
             raise InputError(f"another strokelesion run is writing {shown}{who}: wait for it or choose "
                              f"another folder")
         try:  # the file may have been unlinked by its previous holder between open and lock: retry
-            same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+            same = os.path.samestat(os.fstat(fd), os.lstat(lock_path))
         except FileNotFoundError:
             same = False
         if same:
@@ -222,14 +247,19 @@ def _install_replacing(stage: Path, target: Path) -> Path:
 
 
 def _remove_listed(folder: Path, listed: Iterable[str]) -> list:
-    """Deletes the listed files of an old output folder (and folders left empty); returns what was kept."""
-    for rel in list(listed) + [MARKER]:
+    """Deletes the listed files of an old output folder that are really in it (never through a link to a
+    folder elsewhere: a listed path whose parent resolves outside the folder is kept), and the folders
+    left empty; returns what was kept."""
+    root = folder.resolve()
+    present = set(_relative_files(folder))
+    # the marker goes last: a removal cut short by a kill leaves a folder the next sweep still recognises
+    for rel in sorted((set(listed) | {PARTIAL_MARKER}) & present - {MARKER}) + [MARKER] * (MARKER in present):
         p = folder / rel
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
+        if ".." in Path(rel).parts or Path(rel).is_absolute() or not _is_within(p.parent.resolve(), root):
             continue
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
             if p.is_symlink() or p.is_file():
-                p.unlink()
+                p.unlink()  # a link itself, never its target
     for root, dirs, _ in sorted(os.walk(folder, topdown=False), key=lambda w: -len(w[0])):
         with contextlib.suppress(OSError):
             os.rmdir(root)
@@ -245,9 +275,14 @@ def _sweep(target: Path) -> None:
         if not entry.name.startswith(f".{name}.") or entry.is_symlink() or not entry.is_dir():
             continue
         tail = entry.name[len(name) + 2:]
-        if tail.startswith("partial-") and (entry / PARTIAL_MARKER).is_file():
+        if re.fullmatch(r"partial-\d+-[A-Za-z0-9_]+", tail) and (entry / PARTIAL_MARKER).is_file():
             shutil.rmtree(entry, ignore_errors=True)
-        elif tail.startswith("old-"):
+        elif re.fullmatch(r"partial-\d+-[A-Za-z0-9_]+", tail):  # an old output swapped out by a killed run
+            with contextlib.suppress(InputError, OSError):
+                _remove_listed(entry, _owned_files(entry, str(entry)))
+            with contextlib.suppress(OSError):
+                os.rmdir(entry)
+        elif re.fullmatch(r"old-\d+-[A-Za-z0-9_]+", tail):
             previous = entry / "previous"
             if previous.is_dir() and not target.exists():
                 os.rename(previous, target)  # a replacement killed between its two renames
@@ -312,28 +347,34 @@ def claimed_output(out, overwrite: bool = False, inputs: Iterable = (), command:
             raise InputError(f"cannot write in {target.parent}: {e.strerror}") from None
         stage = Stage(stage_path, target)
         yield stage
-        (stage_path / PARTIAL_MARKER).unlink()
-        files = sorted(_relative_files(stage_path))
+        files = sorted(f for f in _relative_files(stage_path) if f != PARTIAL_MARKER)
         for rel in files:
             verify_file(stage_path / rel)
         with atomic_path(stage_path / MARKER) as tmp:
             tmp.write_text(json.dumps({"tool": TOOL, "version": version, "command": command,
                                        "files": files}, indent=1) + "\n", encoding="utf-8")
         _fsync_dir(stage_path)
-        if target.exists():
-            listed = _owned_files(target, str(out))
-            old = _install_replacing(stage_path, target)
-            stage_path = None  # it names the old folder now, or nothing
-            if _remove_listed(old, listed):  # a file appeared in it since the check: keep it, visibly
-                kept = target.parent / f"{target.name}.kept-{os.getpid()}"
-                os.rename(old, kept)
-                stage.kept = [str(kept / rel) for rel in _relative_files(kept)]
-            if old.name == "previous":
-                with contextlib.suppress(OSError):
+        if target.exists() and not overwrite:
+            raise InputError(f"output folder {out} appeared while this run was computing: nothing was replaced; "
+                             f"choose another folder or pass --overwrite")
+        listed = _owned_files(target, str(out)) if target.exists() else None
+        installing, stage_path = stage_path, None  # from here a failure leaves it to the next run's sweep
+        if listed is not None:
+            old = _install_replacing(installing, target)
+            try:  # the new folder is in place: what follows only tidies up, and never raises
+                (target / PARTIAL_MARKER).unlink()
+                if _remove_listed(old, listed):  # a file appeared in it since the check: keep it, visibly
+                    kept = target.parent / f"{target.name}.kept-{os.getpid()}"
+                    os.rename(old, kept)
+                    stage.kept = [str(kept / rel) for rel in _relative_files(kept)]
+                if old.name == "previous":
                     os.rmdir(old.parent)
+            except OSError:
+                pass
         else:
-            _install_new(stage_path, target)
-            stage_path = None
+            _install_new(installing, target)
+            with contextlib.suppress(OSError):
+                (target / PARTIAL_MARKER).unlink()
         _fsync_dir(target.parent)
     finally:
         try:
