@@ -228,12 +228,14 @@ def cmd_run(args):
     _check_scene(args)
     options = _options(args)
     aif_file = None if args.aif in ("aifnet", "classic") else args.aif
+    digest = getattr(args, "batch_fingerprint", None)  # `batch` marks the outputs it resumes from
+    extra = (lambda result: {"batch_fingerprint": digest}) if digest else None
     with _claim(args, [args.ctp, args.mask, aif_file], _needed_for(args.ctp)) as stage:
         t0 = time.perf_counter()
         series, note = load_series(args.ctp, args.dt, args.series)
         if args.mask:
             options.brain_mask = _load_mask(args.mask, series)
-        result, report = _run_and_write(series, options, stage, str(args.ctp), note,
+        result, report = _run_and_write(series, options, stage, str(args.ctp), note, extra_report=extra,
                                         read_s=time.perf_counter() - t0)
     _print_volumes(report)
     if result.lesion is not None:
@@ -376,6 +378,31 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_batch(args):
+    from StrokeLesionLib.case.batch import read_manifest, run_batch
+    cases = read_manifest(args.manifest)
+    if args.workers < 1 or args.threads_per_worker < 1:
+        raise InputError("--workers and --threads-per-worker must be at least 1")
+    options = ["--aif", args.aif, "--method", args.method, "--core-rcbf", repr(args.core_rcbf), "--tmax",
+               repr(args.tmax), "--min-island-ml", repr(args.min_island_ml), "--smooth-mm", repr(args.smooth_mm),
+               "--lesion-model", args.lesion_model] + (["--device", args.device] if args.device else []) + (
+               ["--dt", repr(args.dt)] if args.dt else [])
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    with _progress_bar("cases") as bar:
+        rows = run_batch(cases, out, options, args.workers, args.threads_per_worker, args.scheduler,
+                         args.retry_failed, progress=lambda done, failed, running, total: bar((done + failed) / total))
+    width = max(len(r["case_id"]) for r in rows)
+    for r in rows:
+        detail = (f"core {r['core_ml']} ml, penumbra {r['penumbra_ml']} ml, mismatch {r['mismatch_ratio']}"
+                  if r["status"] == "done" else r["error"])
+        print(f"{r['case_id']:<{width}}  {r['status']:<6}  {detail}")
+    n_failed = sum(r["status"] != "done" for r in rows)
+    print(f"{len(rows) - n_failed} of {len(rows)} cases done, {n_failed} failed; summary in {out / 'summary.csv'}")
+    return 0 if n_failed == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="strokelesion", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -417,7 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lesion-model", choices=("pseudodwi", "none"), default="none",
                     help="also segment the lesion with this deep model (writes lesion.nii.gz, pseudo_dwi.nii.gz)")
     sp.add_argument("--scene", type=Path, help="also write a Slicer scene bundle (.mrb; needs slicer-core)")
+    sp.add_argument("--batch-fingerprint", default=None, help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("batch", help="every case of a manifest (CSV or folder of cases) through run, on Dask")
+    sp.add_argument("manifest", type=Path, help="CSV (case_id,input[,aif,mask,series_uid]) or a folder of cases")
+    sp.add_argument("--out", required=True, type=Path, help="folder of the case folders and summary.csv")
+    sp.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    sp.add_argument("--threads-per-worker", type=int, default=1)
+    sp.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing dask.distributed scheduler")
+    sp.add_argument("--retry-failed", action="store_true", help="run the cases that failed before again")
+    sp.add_argument("--aif", choices=("aifnet", "classic"), default="aifnet", help="AIF/VOF selector")
+    sp.add_argument("--dt", type=_ranged("--dt"), default=None, help="frame interval in seconds, 0.05-60")
+    common_maps(sp)
+    sp.add_argument("--lesion-model", choices=("pseudodwi", "none"), default="none")
+    sp.set_defaults(func=cmd_batch)
 
     sp = sub.add_parser("segment", help="one deep lesion model on its input image")
     sp.add_argument("image", type=Path,

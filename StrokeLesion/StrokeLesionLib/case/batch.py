@@ -1,0 +1,201 @@
+"""`strokelesion batch`: every case of a cohort through `strokelesion run`, on Dask.
+
+Cases run on a dask.distributed cluster: a LocalCluster of worker processes by default, or an existing
+cluster at ``--scheduler ADDRESS`` (the same code path). Each case is one `strokelesion run` process, so a
+case that fails (bad input, out of memory, a killed process) costs only itself; its one-line error is kept.
+Each case writes ``OUT/<case id>/`` with the safety of `run` (claimed, verified, installed whole), and
+``OUT/summary.csv`` lists every case: status, error, volumes, mismatch, AIF quality flags, seconds.
+
+Resumable: a case's report.json holds ``batch_fingerprint``, the sha256 of its inputs (path, size and
+modification time of every file) and of the run options; a case whose output holds the same fingerprint
+is skipped, the others are (re)done; failed cases are retried only with ``--retry-failed``.
+"""
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from AIFSelectorLib.errors import InputError
+from AIFSelectorLib.io.volume_io import atomic_path
+
+SUMMARY_COLUMNS = ("case_id", "status", "error", "core_ml", "penumbra_ml", "hypoperfused_ml", "mismatch_ratio",
+                   "lesion_ml", "aif_quality_flags", "seconds", "input")
+CASE_TIMEOUT_S = 3600
+"""A case still running after this many seconds is stopped and reported as failed."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One line of a manifest: an id (its output folder's name), the CTP input and optional files."""
+
+    case_id: str
+    input: str
+    aif: str = ""
+    mask: str = ""
+    series_uid: str = ""
+
+
+def read_manifest(path) -> List[Case]:
+    """Cases from a CSV (columns case_id, input[, aif, mask, series_uid]; relative paths from the CSV's
+    folder) or from a folder (one case per subfolder: an ISLES 2018 case, a DICOM series or one CTP file)."""
+    path = Path(path)
+    if path.is_dir():
+        cases = [Case(p.name, str(p)) for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    elif path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "case_id" not in rows[0] or "input" not in rows[0]:
+            raise InputError(f"{path.name}: a batch manifest needs the columns case_id and input")
+        base = path.parent
+
+        def resolved(value):
+            value = (value or "").strip()
+            return str(base / value) if value and not Path(value).is_absolute() else value
+        cases = [Case(r["case_id"].strip(), resolved(r["input"]), resolved(r.get("aif")), resolved(r.get("mask")),
+                      (r.get("series_uid") or "").strip()) for r in rows]
+    else:
+        raise InputError(f"batch manifest not found: {path}")
+    ids = [c.case_id for c in cases]
+    bad = [i for i in ids if not i or "/" in i or "\\" in i or i.startswith(".")]
+    if bad:
+        raise InputError(f"{path.name}: case ids must be plain folder names, got {bad[0]!r}")
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{path.name}: case ids repeat ({sorted(i for i in set(ids) if ids.count(i) > 1)[0]})")
+    if not cases:
+        raise InputError(f"{path.name}: no cases")
+    return cases
+
+
+def fingerprint(case: Case, options: Sequence[str]) -> str:
+    """sha256 of the case's inputs (path, size, modification time of every file) and the run options."""
+    h = hashlib.sha256(json.dumps([case.case_id, list(options)]).encode())
+    for value in (case.input, case.aif, case.mask, case.series_uid):
+        p = Path(value) if value else None
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p is not None and p.is_dir() else [p]
+        for q in files:
+            if q is not None and q.exists():
+                st = q.stat()
+                h.update(f"{q}|{st.st_size}|{st.st_mtime_ns}".encode())
+            else:
+                h.update(str(value).encode())
+    return h.hexdigest()
+
+
+def run_command(case: Case, out: Path, options: Sequence[str], digest: str, overwrite: bool) -> List[str]:
+    argv = [sys.executable, "-m", "StrokeLesionLib.cli", "run", case.input, "--out", str(out / case.case_id),
+            "--batch-fingerprint", digest, *options]
+    for flag, value in (("--aif", case.aif), ("--mask", case.mask), ("--series", case.series_uid)):
+        if value:
+            argv += [flag, value]
+    return argv + (["--overwrite"] if overwrite else [])
+
+
+def run_case_process(argv: List[str]) -> Dict[str, object]:
+    """Runs one case as its own process (a dask task): {'status', 'error', 'seconds'}."""
+    t0 = time.perf_counter()
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                              timeout=CASE_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "error": f"stopped after {CASE_TIMEOUT_S} s", "seconds": CASE_TIMEOUT_S}
+    errors = [line for line in done.stderr.splitlines() if line.startswith("strokelesion:")]
+    error = errors[-1].split("error: ", 1)[-1] if errors else (
+        "" if done.returncode == 0 else f"exit status {done.returncode}")
+    return {"status": "done" if done.returncode == 0 else "failed", "error": error,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _report(out: Path, case: Case) -> Optional[dict]:
+    try:
+        return json.loads((out / case.case_id / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _previous(out: Path) -> Dict[str, dict]:
+    try:
+        with open(out / "summary.csv", newline="", encoding="utf-8") as f:
+            return {r["case_id"]: r for r in csv.DictReader(f)}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def summary_row(case: Case, status: str, error: str, seconds, report: Optional[dict]) -> Dict[str, object]:
+    v = (report or {}).get("volumes_ml", {})
+    flags = [k for k, on in (report or {}).get("aif", {}).get("quality_flags", {}).items() if on]
+    return {"case_id": case.case_id, "status": status, "error": error, "core_ml": v.get("core_ml", ""),
+            "penumbra_ml": v.get("penumbra_ml", ""), "hypoperfused_ml": v.get("hypoperfused_ml", ""),
+            "mismatch_ratio": v.get("mismatch_ratio", ""), "lesion_ml": v.get("lesion_ml", ""),
+            "aif_quality_flags": ";".join(flags), "seconds": seconds, "input": case.input}
+
+
+def run_batch(cases: Sequence[Case], out, options: Sequence[str], workers: int = 2, threads_per_worker: int = 1,
+              scheduler: Optional[str] = None, retry_failed: bool = False, progress=None) -> List[Dict[str, object]]:
+    """Runs the cases that need it on a dask.distributed cluster and writes OUT/summary.csv; returns its rows
+    in manifest order. ``progress``: optional callable(done, failed, running, total)."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = out / "summary.csv"
+    if summary.exists():
+        try:
+            with open(summary, encoding="utf-8") as f:
+                ours = f.readline().strip() == ",".join(SUMMARY_COLUMNS)
+        except (OSError, UnicodeDecodeError):
+            ours = False
+        if not ours or summary.is_symlink():
+            raise InputError(f"{summary} was not written by strokelesion batch: it is never replaced; "
+                             f"choose another --out")
+    previous = _previous(out)
+    rows: Dict[str, Dict[str, object]] = {}
+    todo = []
+    for case in cases:
+        digest = fingerprint(case, options)
+        report = _report(out, case)
+        if report is not None and report.get("batch_fingerprint") == digest:
+            rows[case.case_id] = summary_row(case, "done", "", previous.get(case.case_id, {}).get("seconds", ""),
+                                             report)
+        elif previous.get(case.case_id, {}).get("status") == "failed" and not retry_failed and \
+                previous[case.case_id].get("input") == case.input:
+            rows[case.case_id] = dict(previous[case.case_id])
+        else:
+            todo.append((case, run_command(case, out, options, digest, overwrite=(out / case.case_id).exists())))
+    if todo:
+        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                                                      processes=True, dashboard_address=None)
+        try:
+            with Client(scheduler or cluster) as client:
+                futures = {client.submit(run_case_process, argv, key=f"case-{case.case_id}-{i}", pure=False): case
+                           for i, (case, argv) in enumerate(todo)}
+                failed = done = 0
+                for future in as_completed(futures):
+                    case = futures[future]
+                    try:
+                        result = future.result()
+                    except Exception as e:  # noqa: BLE001 - a lost worker: the case failed, the batch goes on
+                        result = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
+                                  "seconds": ""}
+                    done += result["status"] == "done"
+                    failed += result["status"] != "done"
+                    rows[case.case_id] = summary_row(case, result["status"], result["error"], result["seconds"],
+                                                     _report(out, case) if result["status"] == "done" else None)
+                    if progress is not None:
+                        progress(done, failed, len(todo) - done - failed, len(todo))
+        finally:
+            if cluster is not None:
+                cluster.close()
+    ordered = [rows[c.case_id] for c in cases]
+    with atomic_path(out / "summary.csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(ordered)
+    return ordered

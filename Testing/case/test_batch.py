@@ -1,0 +1,106 @@
+"""`strokelesion batch` on a small cohort with Dask: 8 phantom cases, one corrupted, 2 local workers: 7 done,
+the corrupted one reported with its one-line error, every case in the summary; a second run does no work for
+the 7 done cases; a changed input is redone."""
+import csv
+import gzip
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from AIFSelectorLib.io.volume_io import write_series_nifti  # noqa: E402
+from AIFSelectorLib.phantom.case import make_phantom  # noqa: E402
+from StrokeLesionLib.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    for i in range(8):
+        case = make_phantom(seed=20 + i, shape_zyx=(3, 48, 48), n_frames=24)
+        folder = root / "cases" / f"case{i}"
+        folder.mkdir(parents=True)
+        write_series_nifti(folder / "ctp.nii.gz", case.series)
+    broken = root / "cases" / "case5" / "ctp.nii.gz"
+    broken.write_bytes(gzip.compress(gzip.decompress(broken.read_bytes())[:5000]))  # truncated
+    return root
+
+
+def _summary(out):
+    with open(out / "summary.csv", newline="", encoding="utf-8") as f:
+        return {r["case_id"]: r for r in csv.DictReader(f)}
+
+
+def test_batch_runs_every_case_and_resumes(cohort, capsys):
+    out = cohort / "results"
+    argv = ["batch", str(cohort / "cases"), "--out", str(out), "--workers", "2", "--aif", "classic"]
+    assert main(argv) == 1  # one case failed
+    rows = _summary(out)
+    assert sorted(rows) == [f"case{i}" for i in range(8)]
+    assert [k for k, r in rows.items() if r["status"] != "done"] == ["case5"]
+    assert "truncated" in rows["case5"]["error"] and "\n" not in rows["case5"]["error"]
+    assert all(float(rows[k]["penumbra_ml"]) >= 0 for k in rows if k != "case5")
+    assert not (out / "case5").exists() and all((out / f"case{i}" / "report.json").is_file() for i in range(8) if i != 5)
+    printed = capsys.readouterr().out
+    assert "7 of 8 cases done, 1 failed" in printed
+
+    stamps = {i: (out / f"case{i}" / "report.json").stat().st_mtime_ns for i in range(8) if i != 5}
+    assert main(argv) == 1  # resumed: nothing redone, the failure kept (no --retry-failed)
+    assert {i: (out / f"case{i}" / "report.json").stat().st_mtime_ns for i in stamps} == stamps
+    assert _summary(out)["case5"]["status"] == "failed"
+
+    case = make_phantom(seed=99, shape_zyx=(3, 48, 48), n_frames=24)
+    write_series_nifti(cohort / "cases" / "case2" / "ctp.nii.gz", case.series)  # a changed input is redone
+    assert main(argv) == 1
+    after = {i: (out / f"case{i}" / "report.json").stat().st_mtime_ns for i in stamps}
+    assert [i for i in stamps if after[i] != stamps[i]] == [2]
+
+
+def test_batch_on_an_existing_cluster_gives_the_same_volumes(cohort, tmp_path):
+    """A scheduler and two workers started as separate processes on 127.0.0.1; `batch --scheduler` gives the
+    volumes of the local run."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    local = cohort / "results-local"
+    assert main(["batch", str(cohort / "cases"), "--out", str(local), "--aif", "classic"]) == 1
+    scheduler_file = tmp_path / "scheduler.json"
+    base = [sys.executable, "-m"]
+    procs = [subprocess.Popen(base + ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                                      "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(100):
+            if scheduler_file.is_file() and scheduler_file.stat().st_size:
+                break
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text(encoding="utf-8"))["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        procs += [subprocess.Popen(base + ["distributed.cli.dask_worker", address, "--nworkers", "1",
+                                           "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+        remote = cohort / "results-remote"
+        assert main(["batch", str(cohort / "cases"), "--out", str(remote), "--aif", "classic",
+                     "--scheduler", address]) == 1
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    a, b = _summary(local), _summary(remote)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert (a[k]["status"], a[k]["core_ml"], a[k]["penumbra_ml"]) == (b[k]["status"], b[k]["core_ml"],
+                                                                           b[k]["penumbra_ml"]), k
+
+
+def test_a_summary_the_tool_did_not_write_is_kept(cohort, tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "summary.csv").write_text("my,own,table\n", encoding="utf-8")
+    assert main(["batch", str(cohort / "cases"), "--out", str(out), "--aif", "classic"]) == 2
+    assert "never replaced" in capsys.readouterr().err
+    assert (out / "summary.csv").read_text(encoding="utf-8") == "my,own,table\n"
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]
