@@ -86,7 +86,7 @@ def test_batch_on_an_existing_cluster_gives_the_same_volumes(cohort, tmp_path):
                      "--scheduler", address]) == 1
     finally:
         for p in procs:
-            p.terminate()
+            p.kill()
         for p in procs:
             p.wait(timeout=30)
     a, b = _summary(local), _summary(remote)
@@ -104,3 +104,48 @@ def test_a_summary_the_tool_did_not_write_is_kept(cohort, tmp_path, capsys):
     assert "never replaced" in capsys.readouterr().err
     assert (out / "summary.csv").read_text(encoding="utf-8") == "my,own,table\n"
     assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]
+
+
+def test_a_killed_worker_does_not_lose_cases(cohort, tmp_path):
+    """Two workers (no nanny, so a kill is final) on a scheduler of their own; one is killed while cases run:
+    every case still completes (the lost worker's tasks go to the other; its case process ends with it)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    scheduler_file = tmp_path / "scheduler.json"
+    base = [sys.executable, "-m"]
+    procs = [subprocess.Popen(base + ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                                      "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(100):
+            if scheduler_file.is_file() and scheduler_file.stat().st_size:
+                break
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text(encoding="utf-8"))["address"]
+        workers = [subprocess.Popen(base + ["distributed.cli.dask_worker", address, "--no-nanny", "--nthreads", "1",
+                                            "--no-dashboard", "--host", "127.0.0.1"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+        procs += workers
+        out = tmp_path / "results"
+        result = []
+        batch = threading.Thread(target=lambda: result.append(main(
+            ["batch", str(cohort / "cases"), "--out", str(out), "--aif", "classic", "--scheduler", address])))
+        batch.start()
+        time.sleep(4.0)
+        workers[0].send_signal(signal.SIGKILL)
+        batch.join(600)
+        assert result == [1]  # only the corrupted case failed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            p.wait(timeout=30)
+    rows = _summary(out)
+    assert [k for k, r in rows.items() if r["status"] != "done"] == ["case5"], rows
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "staging folders left behind"

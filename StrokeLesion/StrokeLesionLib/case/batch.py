@@ -96,27 +96,61 @@ def run_command(case: Case, out: Path, options: Sequence[str], digest: str, over
     return argv + (["--overwrite"] if overwrite else [])
 
 
-def run_case_process(argv: List[str]) -> Dict[str, object]:
-    """Runs one case as its own process (a dask task): {'status', 'error', 'seconds'}."""
+LOCK_WAIT_S = 120.0
+"""A case whose output is still locked by a process of a lost worker (ending on SIGTERM) is retried for this
+long before it counts as failed."""
+
+
+def _die_with_parent() -> None:
+    """In the case process (Linux): SIGTERM when the worker that started it dies, so a killed worker leaves no
+    orphan run behind; its staging folder is removed on the way out."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_case_process(argv: List[str], case_out: str = "", digest: str = "") -> Dict[str, object]:
+    """Runs one case as its own process (a dask task): {'status', 'error', 'seconds'}. A task rerun after its
+    worker was lost finds the case done when the output already holds its fingerprint, and replaces an
+    output of other inputs; a case whose output is locked by another run (a lost worker's process still
+    stopping) is retried for LOCK_WAIT_S."""
     t0 = time.perf_counter()
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    while True:
+        if case_out:
+            report = _read_report(Path(case_out))
+            if report is not None and report.get("batch_fingerprint") == digest:
+                return {"status": "done", "error": "", "seconds": round(time.perf_counter() - t0, 2)}
+            if Path(case_out).exists() and "--overwrite" not in argv:
+                argv = argv + ["--overwrite"]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                                  timeout=CASE_TIMEOUT_S, env=env,
+                                  preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "error": f"stopped after {CASE_TIMEOUT_S} s", "seconds": CASE_TIMEOUT_S}
+        errors = [line for line in done.stderr.splitlines() if line.startswith("strokelesion:")]
+        error = errors[-1].split("error: ", 1)[-1] if errors else (
+            "" if done.returncode == 0 else f"exit status {done.returncode}")
+        if "another strokelesion run is writing" in error and time.perf_counter() - t0 < LOCK_WAIT_S:
+            time.sleep(1.0)
+            continue
+        return {"status": "done" if done.returncode == 0 else "failed", "error": error,
+                "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _read_report(case_out: Path) -> Optional[dict]:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8", errors="replace",
-                              timeout=CASE_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired:
-        return {"status": "failed", "error": f"stopped after {CASE_TIMEOUT_S} s", "seconds": CASE_TIMEOUT_S}
-    errors = [line for line in done.stderr.splitlines() if line.startswith("strokelesion:")]
-    error = errors[-1].split("error: ", 1)[-1] if errors else (
-        "" if done.returncode == 0 else f"exit status {done.returncode}")
-    return {"status": "done" if done.returncode == 0 else "failed", "error": error,
-            "seconds": round(time.perf_counter() - t0, 2)}
+        return json.loads((case_out / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _report(out: Path, case: Case) -> Optional[dict]:
-    try:
-        return json.loads((out / case.case_id / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return _read_report(out / case.case_id)
 
 
 def _previous(out: Path) -> Dict[str, dict]:
@@ -167,14 +201,16 @@ def run_batch(cases: Sequence[Case], out, options: Sequence[str], workers: int =
                 previous[case.case_id].get("input") == case.input:
             rows[case.case_id] = dict(previous[case.case_id])
         else:
-            todo.append((case, run_command(case, out, options, digest, overwrite=(out / case.case_id).exists())))
+            todo.append((case, run_command(case, out, options, digest, overwrite=(out / case.case_id).exists()),
+                         digest))
     if todo:
         cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                                                       processes=True, dashboard_address=None)
         try:
             with Client(scheduler or cluster) as client:
-                futures = {client.submit(run_case_process, argv, key=f"case-{case.case_id}-{i}", pure=False): case
-                           for i, (case, argv) in enumerate(todo)}
+                futures = {client.submit(run_case_process, argv, str(out / case.case_id), digest,
+                                         key=f"case-{case.case_id}-{i}", pure=False): case
+                           for i, (case, argv, digest) in enumerate(todo)}
                 failed = done = 0
                 for future in as_completed(futures):
                     case = futures[future]
