@@ -120,12 +120,11 @@ def _load_mask(path, series):
 def _check_device(device):
     """--device cuda without CUDA (or without torch) is refused before any work."""
     if device == "cuda":
+        from AIFSelectorLib.models.device import resolve_device
         try:
-            import torch
+            resolve_device("cuda")
         except ImportError:
             raise InputError("--device cuda needs torch with CUDA: torch is not installed") from None
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for but no CUDA device is available (use --device auto or cpu)")
 
 
 def _input_bytes(path) -> int:

@@ -1,8 +1,15 @@
 """`strokelesion batch` on a small cohort with Dask: 8 phantom cases, one corrupted, 2 local workers: 7 done,
 the corrupted one reported with its one-line error, every case in the summary; a second run does no work for
 the 7 done cases; a changed input is redone."""
+import contextlib
 import csv
 import gzip
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
@@ -56,17 +63,11 @@ def test_batch_runs_every_case_and_resumes(cohort, capsys):
     assert [i for i in stamps if after[i] != stamps[i]] == [2]
 
 
-def test_batch_on_an_existing_cluster_gives_the_same_volumes(cohort, tmp_path):
-    """A scheduler and two workers started as separate processes on 127.0.0.1; `batch --scheduler` gives the
-    volumes of the local run."""
-    import json
-    import subprocess
-    import sys
-    import time
-
-    local = cohort / "results-local"
-    assert main(["batch", str(cohort / "cases"), "--out", str(local), "--aif", "classic"]) == 1
-    scheduler_file = tmp_path / "scheduler.json"
+@contextlib.contextmanager
+def dask_cluster(folder, worker_args):
+    """A dask scheduler and two workers (``worker_args`` added to each) as separate processes on 127.0.0.1;
+    yields (scheduler address, worker processes); every process is killed on the way out."""
+    scheduler_file = folder / "scheduler.json"
     base = [sys.executable, "-m"]
     procs = [subprocess.Popen(base + ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
                                       "--no-dashboard", "--scheduler-file", str(scheduler_file)],
@@ -78,17 +79,28 @@ def test_batch_on_an_existing_cluster_gives_the_same_volumes(cohort, tmp_path):
             time.sleep(0.2)
         address = json.loads(scheduler_file.read_text(encoding="utf-8"))["address"]
         assert address.startswith("tcp://127.0.0.1:")
-        procs += [subprocess.Popen(base + ["distributed.cli.dask_worker", address, "--nworkers", "1",
-                                           "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
-        remote = cohort / "results-remote"
-        assert main(["batch", str(cohort / "cases"), "--out", str(remote), "--aif", "classic",
-                     "--scheduler", address]) == 1
+        workers = [subprocess.Popen(base + ["distributed.cli.dask_worker", address, "--nthreads", "1",
+                                            "--no-dashboard", "--host", "127.0.0.1", *worker_args],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+        procs += workers
+        yield address, workers
     finally:
         for p in procs:
-            p.kill()
+            if p.poll() is None:
+                p.kill()
         for p in procs:
             p.wait(timeout=30)
+
+
+def test_batch_on_an_existing_cluster_gives_the_same_volumes(cohort, tmp_path):
+    """A scheduler and two workers started as separate processes on 127.0.0.1; `batch --scheduler` gives the
+    volumes of the local run."""
+    local = cohort / "results-local"
+    assert main(["batch", str(cohort / "cases"), "--out", str(local), "--aif", "classic"]) == 1
+    remote = cohort / "results-remote"
+    with dask_cluster(tmp_path, ["--nworkers", "1"]) as (address, _):
+        assert main(["batch", str(cohort / "cases"), "--out", str(remote), "--aif", "classic",
+                     "--scheduler", address]) == 1
     a, b = _summary(local), _summary(remote)
     assert sorted(a) == sorted(b)
     for k in a:
@@ -109,43 +121,16 @@ def test_a_summary_the_tool_did_not_write_is_kept(cohort, tmp_path, capsys):
 def test_a_killed_worker_does_not_lose_cases(cohort, tmp_path):
     """Two workers (no nanny, so a kill is final) on a scheduler of their own; one is killed while cases run:
     every case still completes (the lost worker's tasks go to the other; its case process ends with it)."""
-    import json
-    import signal
-    import subprocess
-    import sys
-    import threading
-    import time
-
-    scheduler_file = tmp_path / "scheduler.json"
-    base = [sys.executable, "-m"]
-    procs = [subprocess.Popen(base + ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-                                      "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        for _ in range(100):
-            if scheduler_file.is_file() and scheduler_file.stat().st_size:
-                break
-            time.sleep(0.2)
-        address = json.loads(scheduler_file.read_text(encoding="utf-8"))["address"]
-        workers = [subprocess.Popen(base + ["distributed.cli.dask_worker", address, "--no-nanny", "--nthreads", "1",
-                                            "--no-dashboard", "--host", "127.0.0.1"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
-        procs += workers
-        out = tmp_path / "results"
-        result = []
+    out = tmp_path / "results"
+    result = []
+    with dask_cluster(tmp_path, ["--no-nanny"]) as (address, workers):
         batch = threading.Thread(target=lambda: result.append(main(
             ["batch", str(cohort / "cases"), "--out", str(out), "--aif", "classic", "--scheduler", address])))
         batch.start()
         time.sleep(4.0)
         workers[0].send_signal(signal.SIGKILL)
         batch.join(600)
-        assert result == [1]  # only the corrupted case failed
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for p in procs:
-            p.wait(timeout=30)
+    assert result == [1]  # only the corrupted case failed
     rows = _summary(out)
     assert [k for k, r in rows.items() if r["status"] != "done"] == ["case5"], rows
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "staging folders left behind"

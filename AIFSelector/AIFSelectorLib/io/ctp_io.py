@@ -27,6 +27,7 @@ from AIFSelectorLib.ctp_series import CTPSeries, VolumeGeometry, make_series
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.io import dicom as ctp_dicom
 from AIFSelectorLib.io.isles2018 import isles2018_case, isles_entries
+from AIFSelectorLib.io.nifti import is_regular_file
 from AIFSelectorLib.io.time_grid import check_plausible_dt, checked_dt, frame_times, seconds_per_unit
 from AIFSelectorLib.io.volume_io import atomic_path
 
@@ -82,21 +83,13 @@ def _load_folder(folder: Path, dt_s: Optional[float], series_uid: Optional[str] 
         return ctp_dicom.read_dicom_series(folder, dt_s, files=dicom_files, series_uid=series_uid)
     if series_uid is not None:
         raise InputError(f"--series chooses a DICOM series; {folder} holds no DICOM files")
-    images = sorted(p for p in folder.iterdir() if _is_regular(p) and not p.name.startswith(".")
+    images = sorted(p for p in folder.iterdir() if is_regular_file(p) and not p.name.startswith(".")
                     and p.name.lower().endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES))
     if len(images) == 1:
         return load_ctp(images[0], dt_s)
     found = f"{len(images)} NIfTI/NRRD files, no DICOM" if images else "no DICOM, NIfTI or NRRD files"
     raise InputError(f"{folder}: no CT perfusion series found ({found}; expected a DICOM series, "
                      f"an ISLES 2018 case folder or a single 4D NIfTI/.seq.nrrd)")
-
-
-def _is_regular(path: Path) -> bool:
-    import stat
-    try:
-        return stat.S_ISREG(path.stat().st_mode)
-    except OSError:
-        return False
 
 
 # ------------------------------------------------------------------------------------------------- NIfTI

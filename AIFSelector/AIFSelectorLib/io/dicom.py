@@ -23,7 +23,6 @@ points); images of one series with different orientations or pixel spacings; sli
 (a slice missing in every frame).
 """
 import os
-import stat
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -33,6 +32,7 @@ import SimpleITK as sitk
 from AIFSelectorLib.ctp_series import make_series
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.io.dicom_enhanced import ENHANCED_SOP_CLASSES, dicom_datetime_s, read_enhanced_series
+from AIFSelectorLib.io.nifti import is_regular_file
 from AIFSelectorLib.io.time_grid import frame_times
 from AIFSelectorLib.io.volume_io import geometry_of
 
@@ -63,10 +63,7 @@ def is_dicom_file(path) -> bool:
     """True for a regular file with the DICOM preamble ('DICM' at byte 128) or a .dcm/.ima name (a pipe or
     device is never opened: it could block forever)."""
     path = Path(path)
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False
-    except OSError:
+    if not is_regular_file(path):
         return False
     if path.suffix.lower() in (".dcm", ".ima", ".dicom"):
         return True

@@ -33,6 +33,15 @@ pipeline holds the series, its denoised copy and the maps; see the README's memo
 _REAL_KINDS = "iuf"
 
 
+def is_regular_file(path) -> bool:
+    """True for a regular file (or a link to one); False for a missing path, a folder, a FIFO, a device or a
+    socket, which are never opened (reading them could block forever)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def require_regular_file(path, what: str = "file") -> Path:
     """``path`` when it is a regular file (or a link to one); InputError for missing paths, FIFOs,
     devices and sockets, which would block or stream forever."""

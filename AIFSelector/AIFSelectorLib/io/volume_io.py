@@ -30,7 +30,7 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_read_umask())  # mkstemp makes it 0600: colleagues must be able to read results
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600: colleagues must be able to read results
         yield Path(tmp)
         verify_file(tmp)
         with open(tmp, "rb") as f:
@@ -41,7 +41,8 @@ def atomic_path(path, suffix: str = "") -> Iterator[Path]:
             os.remove(tmp)
 
 
-def _read_umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it): what new outputs' permissions follow."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -321,7 +321,7 @@ def claimed_output(out, overwrite: bool = False, inputs: Iterable = (), command:
     """Claims ``out`` for this run (see the module doc), yields its :class:`Stage`; when the block ends
     without an exception, checks every staged file, writes the marker and installs the folder; on any
     exception (Terminated included) removes the staging folder and leaves ``out`` as it was."""
-    from AIFSelectorLib.io.volume_io import atomic_path, verify_file
+    from AIFSelectorLib.io.volume_io import atomic_path, current_umask, verify_file
 
     target = check_target(out, inputs, overwrite)
     try:
@@ -341,7 +341,7 @@ def claimed_output(out, overwrite: bool = False, inputs: Iterable = (), command:
         try:
             stage_path = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-",
                                                dir=target.parent))
-            os.chmod(stage_path, 0o777 & ~_umask())  # mkdtemp makes it 0700: outputs follow the umask
+            os.chmod(stage_path, 0o777 & ~current_umask())  # mkdtemp makes it 0700: outputs follow the umask
             (stage_path / PARTIAL_MARKER).write_text(f"{os.getpid()}\n", encoding="ascii")
         except OSError as e:
             raise InputError(f"cannot write in {target.parent}: {e.strerror}") from None
@@ -383,12 +383,6 @@ def claimed_output(out, overwrite: bool = False, inputs: Iterable = (), command:
                 shutil.rmtree(stage_path, ignore_errors=True)
         finally:
             _unlock(fd, lock_path)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
