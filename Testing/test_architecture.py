@@ -16,14 +16,15 @@ ENGINE_ORDER = ["core", "io", "prepare", "input_functions", "deconvolution", "ma
 """The stages of AIFSelectorLib in pipeline order; 'core' is errors, constants, ctp_series."""
 SUPPORT = {"models": ["core", "io"]}
 """Packages beside the stages and what they may import."""
-CASE_ORDER = ["metrics", "lesion_models", "case", "mrml", "cli"]
+CASE_ORDER = ["metrics", "lesion_models", "case", "mrml", "web", "cli"]
 """StrokeLesionLib's layers: each imports only earlier ones (and the engine)."""
 MODEL_PACKAGES = ("AIFSelectorLib.models", "AIFSelectorLib.input_functions.aifnet",
                   "StrokeLesionLib.lesion_models.pseudodwi", "StrokeLesionLib.lesion_models.sean",
                   "StrokeLesionLib.lesion_models.xnet")
 PHANTOM_USERS = ("StrokeLesionLib.cli", "StrokeLesionLib.case.truth_comparison")
 """The demo: the only package code that imports the phantom."""
-MRML_PACKAGES = ("AIFSelectorLib.mrml", "StrokeLesionLib.mrml", "AIFSelectorLib.gui")
+MRML_PACKAGES = ("AIFSelectorLib.mrml", "StrokeLesionLib.mrml", "AIFSelectorLib.gui", "StrokeLesionLib.web")
+WEB_PACKAGES = ("StrokeLesionLib.web",)
 GUI_PACKAGES = ("AIFSelectorLib.gui",)
 """The Qt helpers both module Widgets share (background work, installers): the only package code with Qt."""
 
@@ -140,6 +141,10 @@ def test_mrml_qt_and_torch_stay_where_they_belong():
                 bad.append(f"{module}:{line} imports {root}: only the module files and gui/ import Qt/CTK")
             if root in ("slicer", "vtk", "vtkmodules") and not module.startswith(MRML_PACKAGES):
                 bad.append(f"{module}:{line} imports {root}: only the mrml packages touch MRML")
+            if root.startswith(("trame", "wslink")) and not module.startswith(WEB_PACKAGES):
+                bad.append(f"{module}:{line} imports {root}: only the web app (StrokeLesionLib/web) uses trame")
+            if root.startswith(("trame", "wslink")) and top:
+                bad.append(f"{module}:{line} imports {root} at the top: import it lazily (trame is optional)")
             if root == "torch" and top and not module.startswith(MODEL_PACKAGES):
                 bad.append(f"{module}:{line} imports torch at the top: only the network packages do")
             target = internal(name)

@@ -32,10 +32,13 @@ OPTION_RANGES = {
     "--noise-hu": (0.0, 200.0),
     "--head-rotation-max": (0.0, 45.0),
     "--seed": (0, 2 ** 32 - 1),
+    "--port": (0, 65535),
+    "--max-upload-mb": (1.0, 100000.0),
 }
 """Accepted ranges (inclusive) of the numeric options: --dt in seconds as the file check (PLAUSIBLE_DT_S);
 --core-rcbf a fraction of control CBF (clinical rules use 0.20-0.45); --tmax in seconds (clinical 4-10 s);
---min-island-ml in ml; --smooth-mm in mm; --noise-hu in HU; --head-rotation-max in degrees; --seed as numpy."""
+--min-island-ml in ml; --smooth-mm in mm; --noise-hu in HU; --head-rotation-max in degrees; --seed as numpy;
+--port a TCP port (0: any free one); --max-upload-mb in MB."""
 
 
 def _ranged(option: str, integer: bool = False):
@@ -95,16 +98,10 @@ def _progress_bar(desc: str):
             bar[0].close()
 
 
-def load_series(path, dt_s=None, series_uid=None):
-    """A CTP series from any supported input, resampled to a uniform grid when its frames are irregular.
-    Returns (series, note) where note says what was resampled, or ''."""
-    from AIFSelectorLib.io.ctp_io import load_ctp
-    from AIFSelectorLib.io.time_grid import resample_uniform
-    series = load_ctp(path, dt_s=dt_s, series_uid=series_uid)
-    if series.is_uniform:
-        return series, ""
-    uniform = resample_uniform(series)
-    return uniform, f"irregular frame times resampled to a uniform {uniform.dt_s:g} s grid"
+def load_uniform_series(path, dt_s=None, series_uid=None):
+    """io.ctp_io.load_uniform_series, imported on first use (SimpleITK takes 0.3 s to import)."""
+    from AIFSelectorLib.io.ctp_io import load_uniform_series as load
+    return load(path, dt_s, series_uid)
 
 
 def _load_mask(path, series):
@@ -231,7 +228,7 @@ def cmd_run(args):
     extra = (lambda result: {"batch_fingerprint": digest}) if digest else None
     with _claim(args, [args.ctp, args.mask, aif_file], _needed_for(args.ctp)) as stage:
         t0 = time.perf_counter()
-        series, note = load_series(args.ctp, args.dt, args.series)
+        series, note = load_uniform_series(args.ctp, args.dt, args.series)
         if args.mask:
             options.brain_mask = _load_mask(args.mask, series)
         result, report = _run_and_write(series, options, stage, str(args.ctp), note, extra_report=extra,
@@ -255,7 +252,7 @@ def _segment_inputs(args):
         inputs = {"ncct" if args.model == "sean" else "t1": image, "spacing_xyz": geometry.spacing_mm}
         return inputs, geometry, {"source": str(args.image), "shape_zyx": list(image.shape),
                                   "spacing_mm": list(geometry.spacing_mm)}
-    series, note = load_series(args.image, args.dt, args.series)
+    series, note = load_uniform_series(args.image, args.dt, args.series)
     inputs = {"series": series}
     if args.maps is not None:
         inputs.update(_read_maps_folder(args.maps, series))
@@ -322,7 +319,7 @@ def cmd_aif(args):
     from StrokeLesionLib.case.pipeline import VERSION, aif_section, input_section, thread_report, write_json
     _check_device(args.device)
     with _claim(args, [args.ctp], _needed_for(args.ctp)) as stage:
-        series, note = load_series(args.ctp, args.dt, args.series)
+        series, note = load_uniform_series(args.ctp, args.dt, args.series)
         prepared = prepare(series)
         f = select_input_functions(prepared, args.aif, args.device)
         enh, scale = deconvolution_aif(prepared, f)
@@ -357,6 +354,14 @@ def cmd_phantom(args):
     return 0
 
 
+def cmd_serve(args):
+    from StrokeLesionLib.web.serve import serve
+    _check_device(args.device)
+    return serve(str(args.source) if args.source else None, args.host, args.port,
+                 str(args.exports) if args.exports else None, None if args.device == "auto" else args.device,
+                 args.max_upload_mb)
+
+
 def cmd_demo(args):
     from AIFSelectorLib.phantom.case import make_phantom, write_phantom
     from StrokeLesionLib.case.truth_comparison import compare_with_truth, format_comparison
@@ -366,7 +371,7 @@ def cmd_demo(args):
         print(f"making the digital phantom (seed {args.seed}) ...")
         case = make_phantom(seed=args.seed)
         write_phantom(case, stage / "phantom")  # the phantom lives in the output folder from the start
-        series, note = load_series(stage / "phantom" / "ctp.nii.gz")
+        series, note = load_uniform_series(stage / "phantom" / "ctp.nii.gz")
         result, report = _run_and_write(series, options, stage, "phantom/ctp.nii.gz", note,
                                         lambda r: {"truth_comparison": compare_with_truth(r, case)})
     print(format_comparison(report["truth_comparison"]))
@@ -511,6 +516,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deep lesion model run on the phantom (default pseudodwi; its weights saw only phantoms)")
     sp.add_argument("--scene", type=Path, help="also write a Slicer scene bundle (.mrb; needs slicer-core)")
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("serve", help="the review web app (trame-slicer) in a browser")
+    sp.add_argument("source", nargs="?", type=Path,
+                    help="a CTP (any input run reads), a scene bundle (.mrb) or a folder holding scene.mrb; "
+                         "or none, and upload one from the page")
+    sp.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=_ranged("--port", integer=True), default=8080, help="TCP port (0: any free)")
+    sp.add_argument("--exports", type=Path,
+                    help="folder for the page's exports (default: a temporary folder removed at exit)")
+    sp.add_argument("--max-upload-mb", type=_ranged("--max-upload-mb"), default=1024.0,
+                    help="largest upload accepted, MB (default 1024)")
+    sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="deconvolution, AIFNet and the lesion model on this device")
+    sp.set_defaults(func=cmd_serve)
     return p
 
 

@@ -67,6 +67,18 @@ def load_ctp(path, dt_s: Optional[float] = None, series_uid: Optional[str] = Non
                      f".seq.nrrd, a DICOM series folder or an ISLES 2018 case folder)")
 
 
+def load_uniform_series(path, dt_s: Optional[float] = None, series_uid: Optional[str] = None):
+    """A CTP series from any supported input (see load_ctp), resampled to a uniform grid when its frames are
+    irregular: what every front end (command line, web app) loads. Returns (series, note), where note says
+    what was resampled, or ''."""
+    from AIFSelectorLib.io.time_grid import resample_uniform
+    series = load_ctp(path, dt_s=dt_s, series_uid=series_uid)
+    if series.is_uniform:
+        return series, ""
+    uniform = resample_uniform(series)
+    return uniform, f"irregular frame times resampled to a uniform {uniform.dt_s:g} s grid"
+
+
 def name_is_dicom(path: Path) -> bool:
     return not path.name.lower().endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES) and ctp_dicom.is_dicom_file(path)
 

@@ -272,6 +272,28 @@ class ParameterNodeLogic:
         p.SetNodeReferenceID(name, node.GetID() if node is not None else None)
 
 
+class AdoptedScene:
+    """A scene built by another host outside Slicer (the web app's trame-slicer application), registered
+    with its application and Sequences logics so that the Logic classes and :func:`save_bundle` find them
+    as they find a :class:`StandaloneScene`'s. ``release()`` unregisters it; the host owns the scene."""
+
+    def __init__(self, scene, app, sequences):
+        register_segmentation_converters()
+        self.scene, self.app, self.sequences = scene, app, sequences
+        self._tmp = tempfile.mkdtemp(prefix="strokelesion-mrml-")
+        if not app.GetTemporaryPath():
+            app.SetTemporaryPath(self._tmp)
+        _STANDALONE[id(scene)] = self
+
+    def save_bundle(self, path) -> Path:
+        return save_bundle(self.scene, self.app, path)
+
+    def release(self) -> None:
+        if _STANDALONE.get(id(self.scene)) is self:
+            del _STANDALONE[id(self.scene)]
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
 def standalone_for(scene) -> Optional[StandaloneScene]:
     """The StandaloneScene that owns ``scene``, if it was built here."""
     return _STANDALONE.get(id(scene))
