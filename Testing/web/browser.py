@@ -23,13 +23,10 @@ CHROMEDRIVER = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
 
 def browser_missing() -> str:
     """Why no browser test can run here ('' when one can)."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed (pip install '.[test]')"
-    try:
-        import trame_slicer  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("trame_slicer") is None:
         return "trame-slicer is not installed (pip install '.[web]')"
     if not any(Path(p).exists() for p in CHROMIUM) or not any(Path(p).exists() for p in CHROMEDRIVER):
         return "no chromium + chromium-driver (apt-get install chromium chromium-driver)"
@@ -119,11 +116,21 @@ class WebApp:
             return self.state(key) and not self.state("busy")
         return self.wait(ready, timeout_s, key)
 
-    def click(self, element_id):
+    def click(self, element_id, attempts=5):
+        """Clicks the control ``element_id``; the page re-renders as state changes, so an element found a
+        moment ago may be gone: it is looked up again."""
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
-        element = self.driver.find_element(By.ID, element_id)
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
-        element.click()
+        for attempt in range(attempts):
+            try:
+                element = self.driver.find_element(By.ID, element_id)
+                self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+                element.click()
+                return
+            except StaleElementReferenceException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2)
 
     # ------------------------------------------------------------------------------------------ views
 

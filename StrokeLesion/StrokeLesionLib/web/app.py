@@ -40,11 +40,11 @@ STATE_DEFAULTS = {
     "selector": "auto", "pvol_overlay": "AIF", "pvol_opacity": 0.6,
     "curves": {}, "curves_svg": curves_svg({}), "aif_source": "automatic", "input_functions_ready": False,
     "pick_mode": "none", "radius_vox": 1, "picked": {"artery": 0, "vein": 0},
-    "method": "osvd", "maps_ready": False, "layout": "review", "map_legend": [],
+    "method": "osvd", "maps_ready": False, "maps_summary": {}, "layout": "review", "map_legend": [],
     "core_rcbf": CORE_RCBF, "tmax_s": TMAX_THRESHOLD_S, "preview_volumes": {},
     "lesion_model": "none", "segments_ready": False, "segment_role": "core", "segment_tool": "none",
     "brush_mm": 10.0, "volumes": {}, "segmentation_name": "",
-    "exports": [],
+    "exports": [], "upload_files": None,
     "busy": False, "progress": 0, "progress_text": "", "status_message": "", "error_message": "",
     "probe": "", "view_xy_to_ras": {},
 }
@@ -244,6 +244,7 @@ class StrokeLesionWebApp:
             ok = False
         if not ok and folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+        self.state.upload_files = None  # the next upload starts from an empty file input
 
     # -------------------------------------------------------------------------------- frames and views
 
@@ -419,6 +420,11 @@ class StrokeLesionWebApp:
 
         def apply(perfusion):
             self.session.apply_maps(perfusion, method)
+            tissue = perfusion.tissue
+            self.state.maps_summary = {
+                "aif_source": self.session.aif_source(), "method": method,
+                **{f"{k}_median": round(float(np.median(perfusion.maps[k][tissue])), 4) if tissue.any() else None
+                   for k in ("cbf", "cbv", "tmax")}}
             self.state.maps_ready = True
             self.state.map_legend = self._map_legend()
             self._on_thresholds(self.state.core_rcbf, self.state.tmax_s)

@@ -59,7 +59,7 @@ def _status(v, html, ctrl):
 def _case(v, html, ctrl):
     html.Div("1. Case", classes="sl-section")
     v.VFileInput(label="Open a CTP (.nii.gz, .nrrd, DICOM files) or a scene (.mrb)", multiple=True,
-                 density="compact", hide_details=True, id="upload", show_size=True,
+                 density="compact", hide_details=True, id="upload", show_size=True, v_model=("upload_files", None),
                  update_modelValue="trigger('%s', [$event])" % ctrl.trigger_name(ctrl.upload),
                  disabled=("busy",))
     html.Div("{{ source_info }}", classes="sl-small", id="source-info")
@@ -112,7 +112,8 @@ def _maps(v, html, ctrl):
         with html.Tr(v_for="m in map_legend", key="m.key"):
             html.Td("{{ m.name }}")
             html.Td("{{ m.min }}")
-            html.Td(html.Div(style=("{background: m.gradient, width: '140px', height: '10px'}",)))
+            with html.Td():
+                html.Div(style=("{background: m.gradient, width: '140px', height: '10px'}",))
             html.Td("{{ m.max }} {{ m.unit }}")
 
 

@@ -65,7 +65,7 @@ def check_upload(items: List[Dict], max_mb: float = DEFAULT_MAX_UPLOAD_MB) -> st
     if suffixes <= set(DICOM_SUFFIXES):
         return "dicom"
     raise InputError("upload one 4D image (.nii, .nii.gz, .nrrd, .seq.nrrd), one scene (.mrb) or the DICOM "
-                     f"files of one series; got {', '.join(sorted(s or 'no suffix' for s in suffixes))}")
+                     f"files of one series; got {len(items)} file(s): {', '.join(sorted(s or 'no suffix' for s in suffixes))}")
 
 
 def save_upload(items: List[Dict], upload_root: Path, max_mb: float = DEFAULT_MAX_UPLOAD_MB):
