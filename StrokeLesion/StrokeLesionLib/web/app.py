@@ -130,6 +130,7 @@ class StrokeLesionWebApp:
         """Stops the worker, forgets the scene, removes this server's temporary files (uploads and the
         default exports folder; an --exports folder given by the user stays)."""
         self.tasks.shutdown()
+        self._remove_color_legends()
         self.adopted.release()
         shutil.rmtree(self._work, ignore_errors=True)
 
@@ -153,6 +154,8 @@ class StrokeLesionWebApp:
                 path = path / "scene.mrb"
             if path.suffix.lower() == ".mrb":
                 self.open_scene(path)
+            elif path.is_dir() and (path / "report.json").is_file():
+                await self.open_run_folder(path)
             else:
                 await self.open_ctp(path)
         except Exception as e:  # noqa: BLE001
@@ -175,6 +178,36 @@ class StrokeLesionWebApp:
 
         await self.tasks.run(f"reading {name or path.name}", compute, apply, done=f"opened {name or path.name}")
         return bool(loaded)
+
+    async def open_run_folder(self, folder: Path) -> None:
+        """A `strokelesion run` (or export) folder: its CTP (named in report.json), its AIF and VOF (aif.csv,
+        Pvol), maps recomputed from them with its method and thresholds, and its core, penumbra and lesion
+        as the segments."""
+        import json
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        if not await self.open_ctp(ReviewSession.run_folder_source(folder)):
+            return
+        thresholds = report.get("thresholds", {})
+        self.state.core_rcbf = float(thresholds.get("core_rcbf", CORE_RCBF))
+        self.state.tmax_s = float(thresholds.get("tmax_s", TMAX_THRESHOLD_S))
+        self.state.method = report.get("maps", {}).get("deconvolution", "osvd")
+        self.session.lesion.setThresholds(self.state.core_rcbf, self.state.tmax_s)
+
+        def apply(functions):
+            self.session.apply_input_functions(functions, "file")
+            self.session.show_pvol(self.state.pvol_overlay, float(self.state.pvol_opacity))
+            self._jump_to_pvol(self.state.pvol_overlay)
+            self._refresh_curves()
+
+        if not await self.tasks.run(f"AIF of {folder.name}", lambda progress: self.session.run_folder_functions(
+                folder, progress), apply):
+            return
+        await self.compute_maps()
+        if self.state.maps_ready:
+            self.session.segments_from_run_folder(folder)
+            self._activate_segmentation()
+            self.state.status_message = (f"opened {folder.name}: maps recomputed from its aif.csv, segments from "
+                                         "its core/penumbra files")
 
     def open_scene(self, path: Path) -> None:
         """A scene bundle written by the Slicer modules, `strokelesion run --scene` or this app's export."""
@@ -203,6 +236,7 @@ class StrokeLesionWebApp:
         self.slicer_app.segmentation_editor.deactivate_effect()
         self._unobserve()
         self.session.aif.cleanup()
+        self._remove_color_legends()
         self.slicer_app.scene.Clear(0)
         self.session = ReviewSession(self.slicer_app.scene)
         self.state.update({k: v for k, v in STATE_DEFAULTS.items()
@@ -444,6 +478,14 @@ class StrokeLesionWebApp:
                         "gradient": css_gradient(display.GetColorNode())})
         return out
 
+    def _remove_color_legends(self) -> None:
+        """Legends go before their volumes (a legend outliving its volume's display node makes every view
+        log an error)."""
+        scene = self.slicer_app.scene
+        for node in [scene.GetNthNodeByClass(i, "vtkMRMLColorLegendDisplayNode")
+                     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode"))]:
+            scene.RemoveNode(node)
+
     def _add_color_legends(self) -> None:
         """Slicer's colour legend (bar, title, unit) in each compare view, for that view's map only."""
         import slicer
@@ -453,8 +495,12 @@ class StrokeLesionWebApp:
             if node is None or view is None:
                 continue
             legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(node)
-            if legend is None:
-                legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(node)
+            if legend is None:  # added hidden, shown once it knows its colours (no warning from the views)
+                legend = slicer.vtkMRMLColorLegendDisplayNode()
+                legend.SetVisibility(False)
+                self.slicer_app.scene.AddNode(legend)
+                legend.SetAndObservePrimaryDisplayNode(node.GetDisplayNode())
+                node.AddAndObserveDisplayNodeID(legend.GetID())
             legend.SetViewNodeIDs([view.get_view_node().GetID()])
             legend.SetTitleText(f"{MAP_DISPLAY[key][0]} ({MAP_DISPLAY[key][1]})" if MAP_DISPLAY[key][1]
                                 else MAP_DISPLAY[key][0])

@@ -111,8 +111,26 @@ class ReviewSession:
         self.timings.add("input_functions", t0)
         return functions
 
+    def run_folder_functions(self, folder: Path, progress: Progress = _noop) -> InputFunctions:
+        """Pure: the input functions a `strokelesion run` folder used (aif.csv, on this series' frames), with
+        its Pvol volumes when it holds them."""
+        from AIFSelectorLib.io.volume_io import read_volume
+        from AIFSelectorLib.input_functions.policy import select_input_functions
+        prepared = self.aif.prepared(self.series())
+        functions = select_input_functions(prepared, str(folder / "aif.csv"), None, progress)
+        for kind in ("aif", "vof"):
+            path = folder / f"{kind}_pvol.nii.gz"
+            if path.is_file():
+                pvol, geometry = read_volume(path)
+                if pvol.shape == prepared.series.shape_zyx and geometry.matches(prepared.series.geometry):
+                    setattr(functions, f"{kind}_pvol", pvol.astype(np.float32))
+        return functions
+
     def apply_input_functions(self, functions: InputFunctions, selector: str) -> None:
-        self.aif.setParameter("selector", "aifnet" if selector == "auto" else selector)
+        """Main thread: the functions of compute_input_functions ('auto', 'aifnet', 'classic') or of
+        run_folder_functions ('file') become the automatic curves, with their Pvol volumes."""
+        if selector in SELECTORS:
+            self.aif.setParameter("selector", "aifnet" if selector == "auto" else selector)
         self.aif.setInputFunctions(functions, automatic=True)
 
     def show_pvol(self, overlay: str, opacity: float) -> None:
@@ -253,6 +271,24 @@ class ReviewSession:
         self.lesion.showPreview(False)
         return node, edited
 
+    def segments_from_run_folder(self, folder: Path) -> None:
+        """Core, Penumbra (and Lesion (model)) from a run folder's core/penumbra/lesion.nii.gz, as they are
+        there (edits made before an export included)."""
+        from AIFSelectorLib.io.volume_io import read_volume
+        series = self.series()
+        masks = {}
+        for role in ("core", "penumbra", "lesion"):
+            path = folder / f"{role}.nii.gz"
+            if path.is_file():
+                mask, geometry = read_volume(path)
+                if mask.shape != series.shape_zyx or not geometry.matches(series.geometry):
+                    raise InputError(f"{path.name} in {folder.name} lies on another grid than its CTP")
+                masks[role] = mask > 0
+        if "core" not in masks or "penumbra" not in masks:
+            raise InputError(f"{folder.name} holds no core.nii.gz and penumbra.nii.gz")
+        self.lesion.segment(masks["core"], masks["penumbra"], masks.get("lesion"))
+        self.lesion.showPreview(False)
+
     def segmentation(self):
         return self.lesion.getNode("segmentation")
 
@@ -266,6 +302,21 @@ class ReviewSession:
         return self.lesion.volumes()
 
     # -------------------------------------------------------------------------------------------- export
+
+    @staticmethod
+    def run_folder_source(folder: Path) -> Path:
+        """The CTP a `strokelesion run` folder was computed from (its report.json's input source: as given, or
+        relative to the folder or to the folder's parent), or InputError naming it."""
+        import json
+        try:
+            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+            source = Path(report["input"]["source"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{folder.name}/report.json does not name its CTP ({e})") from None
+        for candidate in (source, folder / source, folder.parent / source):
+            if candidate.exists():
+                return candidate
+        raise InputError(f"the CTP of {folder.name} ({source}) is not found: open the CTP itself, or a scene.mrb")
 
     def case_result(self):
         """The pipeline's CaseResult of what the page shows now: the active curves, the maps, the segments as

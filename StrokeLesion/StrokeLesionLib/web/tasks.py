@@ -81,10 +81,12 @@ class TaskRunner:
             result = await loop.run_in_executor(self._executor, compute, progress)
             if self._cancel.is_set():
                 raise Cancelled()
+            before = state.status_message
             apply(result)
             ok = True
-            with state:
-                state.status_message = done or f"{label}: done"
+            if state.status_message == before:  # apply may have said something more precise
+                with state:
+                    state.status_message = done or f"{label}: done"
         except Cancelled:
             with state:
                 state.status_message = f"{label}: cancelled, nothing changed"
