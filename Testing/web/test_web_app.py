@@ -181,3 +181,17 @@ def test_serve_binds_localhost_and_stops_on_sigterm(small_ctp, tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_the_deep_lesion_model_becomes_a_segment(small_ctp, app):
+    run(app.open_path(small_ctp))
+    app.state.selector = "classic"
+    run(app.select_input_functions())
+    run(app.compute_maps())
+    app.state.lesion_model = "pseudodwi"
+    run(app.create_segments())
+    assert app.state.error_message == ""
+    assert app.session.segment_id("lesion") is not None
+    lesion = app.session.lesion.segmentMask(role="lesion")
+    voxel_ml = app.session.series().geometry.voxel_volume_ml
+    assert app.state.volumes["lesion_ml"] == pytest.approx(lesion.sum() * voxel_ml, abs=0.01)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from StrokeLesionLib.case.output_folder import sweep_debris
+
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.io.volume_io import atomic_path
 
@@ -123,6 +125,7 @@ def run_case_process(argv: List[str], case_out: str = "", digest: str = "") -> D
         if case_out:
             report = _read_report(Path(case_out))
             if report is not None and report.get("batch_fingerprint") == digest:
+                sweep_debris(case_out)  # a lost worker's run may have left its staging folder
                 return {"status": "done", "error": "", "seconds": round(time.perf_counter() - t0, 2)}
             if Path(case_out).exists() and "--overwrite" not in argv:
                 argv = argv + ["--overwrite"]

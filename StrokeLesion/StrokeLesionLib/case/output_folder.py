@@ -293,6 +293,23 @@ def _sweep(target: Path) -> None:
                 os.rmdir(entry)
 
 
+def sweep_debris(out) -> bool:
+    """Removes what killed runs left beside the output folder ``out`` (staging folders, swapped-out old
+    outputs) when no run holds its lock now; True when it could look. For a caller that finds ``out``
+    complete and so never claims it (a batch rerun)."""
+    target = Path(out).absolute()
+    lock_path = target.parent / f".{target.name}.lock"
+    try:
+        fd = _lock(lock_path, str(out))
+    except InputError:
+        return False
+    try:
+        _sweep(target)
+    finally:
+        _unlock(fd, lock_path)
+    return True
+
+
 # -------------------------------------------------------------------------------------- the claim
 
 class Stage:

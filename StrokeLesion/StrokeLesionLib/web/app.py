@@ -13,24 +13,23 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 
 from AIFSelectorLib.constants import CORE_RCBF, TMAX_THRESHOLD_S
 from AIFSelectorLib.errors import InputError
-from AIFSelectorLib.mrml.display import COMPARE_VIEWS, MAP_DISPLAY
+from AIFSelectorLib.mrml.display import COMPARE_VIEWS
 from AIFSelectorLib.mrml.scene import AdoptedScene
 
 from StrokeLesionLib.web.curves_plot import curves_svg
+from StrokeLesionLib.web.map_display import (REVIEW_VIEW, add_color_legends, map_legend, probe_text,
+                                             remove_color_legends, review_layouts)
 from StrokeLesionLib.web.session import ReviewSession, view_xy_to_ras
 from StrokeLesionLib.web.tasks import TaskRunner
 from StrokeLesionLib.web.uploads import DEFAULT_MAX_UPLOAD_MB, save_upload
 
 log = logging.getLogger("strokelesion.web")
-
-REVIEW_VIEW = "Red"
-"""The review layout's one axial slice view (Slicer's Red view): the CTP, the Pvol overlay, the segments."""
 
 SEGMENT_ROLES = ("core", "penumbra", "lesion")
 
@@ -130,7 +129,7 @@ class StrokeLesionWebApp:
         """Stops the worker, forgets the scene, removes this server's temporary files (uploads and the
         default exports folder; an --exports folder given by the user stays)."""
         self.tasks.shutdown()
-        self._remove_color_legends()
+        remove_color_legends(self.slicer_app.scene)
         self.adopted.release()
         shutil.rmtree(self._work, ignore_errors=True)
 
@@ -224,7 +223,7 @@ class StrokeLesionWebApp:
         seg = self.session.segmentation()
         if self.session.aif.mapVolume("rcbf") is not None:
             self.state.maps_ready = True
-            self.state.map_legend = self._map_legend()
+            self.state.map_legend = map_legend(self.session.map_nodes())
         if seg is not None:
             self._activate_segmentation()
         self.state.status_message = f"opened {path.name}"
@@ -236,7 +235,7 @@ class StrokeLesionWebApp:
         self.slicer_app.segmentation_editor.deactivate_effect()
         self._unobserve()
         self.session.aif.cleanup()
-        self._remove_color_legends()
+        remove_color_legends(self.slicer_app.scene)
         self.slicer_app.scene.Clear(0)
         self.session = ReviewSession(self.slicer_app.scene)
         self.state.update({k: v for k, v in STATE_DEFAULTS.items()
@@ -291,7 +290,7 @@ class StrokeLesionWebApp:
         self.state.layout = name
         if name == "maps" and self.state.maps_ready:
             self.session.aif.assignMapsToCompareViews()
-            self._add_color_legends()
+            add_color_legends(self.slicer_app.scene, self.session.map_nodes(), self._views())
             for tag in COMPARE_VIEWS:
                 view = self._views().get(tag)
                 if view is not None:
@@ -330,22 +329,8 @@ class StrokeLesionWebApp:
         self._observed.append((crosshair, crosshair.AddObserver(crosshair.CursorPositionModifiedEvent, on_move)))
 
     def _probe(self, ras) -> None:
-        from AIFSelectorLib.mrml.conversion import ras_to_zyx
-        series = self.session.series()
-        idx = ras_to_zyx([ras], series.geometry, series.shape_zyx)
         with self.state:
-            if not len(idx):
-                self.state.probe = ""
-                return
-            z, y, x = (int(v) for v in idx[0])
-            text = f"voxel (x {x}, y {y}, slice {z}): {series.data[self.state.frame_index, z, y, x]:.0f} HU"
-            if self.state.maps_ready:
-                parts = []
-                for key, node in self.session.map_nodes().items():
-                    from AIFSelectorLib.mrml.conversion import array_from_volume
-                    parts.append(f"{MAP_DISPLAY[key][0]} {float(array_from_volume(node)[z, y, x]):.3g}")
-                text += " | " + ", ".join(parts)
-            self.state.probe = text
+            self.state.probe = probe_text(self.session, ras, int(self.state.frame_index), self.state.maps_ready)
             if self.session.tissue_curve_at(ras):
                 self._refresh_curves()
 
@@ -460,51 +445,11 @@ class StrokeLesionWebApp:
                 **{f"{k}_median": round(float(np.median(perfusion.maps[k][tissue])), 4) if tissue.any() else None
                    for k in ("cbf", "cbv", "tmax")}}
             self.state.maps_ready = True
-            self.state.map_legend = self._map_legend()
+            self.state.map_legend = map_legend(self.session.map_nodes())
             self._on_thresholds(self.state.core_rcbf, self.state.tmax_s)
             self.show_layout("maps")
 
         await self.tasks.run(f"maps ({method}, {self.session.aif_source()} AIF)", compute, apply)
-
-    def _map_legend(self):
-        """Per map: name, unit, display window and the colour ramp as a CSS gradient (what the colour bars
-        in the views show)."""
-        out = []
-        for key, node in self.session.map_nodes().items():
-            display = node.GetDisplayNode()
-            lo, hi = display.GetWindowLevelMin(), display.GetWindowLevelMax()
-            out.append({"key": key, "name": MAP_DISPLAY[key][0], "unit": MAP_DISPLAY[key][1],
-                        "min": round(lo, 3), "max": round(hi, 3),
-                        "gradient": css_gradient(display.GetColorNode())})
-        return out
-
-    def _remove_color_legends(self) -> None:
-        """Legends go before their volumes (a legend outliving its volume's display node makes every view
-        log an error)."""
-        scene = self.slicer_app.scene
-        for node in [scene.GetNthNodeByClass(i, "vtkMRMLColorLegendDisplayNode")
-                     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode"))]:
-            scene.RemoveNode(node)
-
-    def _add_color_legends(self) -> None:
-        """Slicer's colour legend (bar, title, unit) in each compare view, for that view's map only."""
-        import slicer
-        views = self._views()
-        for key, node in self.session.map_nodes().items():
-            view = views.get(MAP_DISPLAY[key][0])
-            if node is None or view is None:
-                continue
-            legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(node)
-            if legend is None:  # added hidden, shown once it knows its colours (no warning from the views)
-                legend = slicer.vtkMRMLColorLegendDisplayNode()
-                legend.SetVisibility(False)
-                self.slicer_app.scene.AddNode(legend)
-                legend.SetAndObservePrimaryDisplayNode(node.GetDisplayNode())
-                node.AddAndObserveDisplayNodeID(legend.GetID())
-            legend.SetViewNodeIDs([view.get_view_node().GetID()])
-            legend.SetTitleText(f"{MAP_DISPLAY[key][0]} ({MAP_DISPLAY[key][1]})" if MAP_DISPLAY[key][1]
-                                else MAP_DISPLAY[key][0])
-            legend.SetVisibility(True)
 
     # ------------------------------------------------------------------------ thresholds and segments
 
@@ -618,30 +563,3 @@ class StrokeLesionWebApp:
 
     def cancel(self) -> None:
         self.tasks.cancel()
-
-
-def css_gradient(color_node, n: int = 12) -> str:
-    """A CSS linear-gradient of ``color_node``'s colour ramp (left = window minimum)."""
-    if color_node is None:
-        return "linear-gradient(90deg, #000, #fff)"
-    lut = color_node.GetScalarsToColors() if hasattr(color_node, "GetScalarsToColors") else None
-    if lut is None:
-        return "linear-gradient(90deg, #000, #fff)"
-    lo, hi = lut.GetRange()
-    stops = []
-    for i, v in enumerate(np.linspace(lo, hi, n)):
-        r, g, b = (int(255 * c) for c in lut.GetColor(float(v))[:3])
-        stops.append(f"rgb({r},{g},{b}) {100 * i / (n - 1):.0f}%")
-    return "linear-gradient(90deg, " + ", ".join(stops) + ")"
-
-
-def review_layouts() -> Dict[str, object]:
-    """'review': the axial view of the CTP; 'maps': six axial views, CBF CBV MTT / Tmax TTP rCBF (the
-    Slicer modules' compare layout, same view names)."""
-    from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
-    review = ViewLayoutDefinition.axial_view(REVIEW_VIEW)
-    rows = [Layout(LayoutDirection.Horizontal,
-                   [ViewLayoutDefinition.axial_view(name) for name in COMPARE_VIEWS[r * 3:r * 3 + 3]])
-            for r in range(2)]
-    return {"review": Layout(LayoutDirection.Vertical, [review]),
-            "maps": Layout(LayoutDirection.Vertical, rows)}
