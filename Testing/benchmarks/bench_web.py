@@ -51,7 +51,7 @@ def main():
     ctp = write_series_nifti(work / "ctp.nii.gz", make_phantom(seed=0).series)
     # the drawer is 470 px wide; the view gets the rest of the window, less the toolbar and the probe line
     t0 = time.perf_counter()
-    with WebApp(ctp, work / "run", window=(470 + 800 + 2, 800 + 100 + 68)) as web:
+    with WebApp(ctp, work / "run", window=(470 + 800 + 2, 800 + 100 + 145)) as web:
         web.wait_idle("case_loaded")
         web.wait(lambda: web.view_element() is not None, 60, "the view")
 
