@@ -44,3 +44,20 @@ def test_run_reports_hir_and_draws_one_page(small_ctp, tmp_path):
     import matplotlib.image as mpimg
     png = mpimg.imread(out / "report.png")
     assert png.shape[0] < png.shape[1] and png.shape[1] == 18 * 80  # one landscape page at 80 dpi
+
+
+def test_colour_tables_match_matplotlibs():
+    """The figure's colour tables (drawn without importing matplotlib) are matplotlib's jet and autumn."""
+    from matplotlib import colormaps
+    from StrokeLesionLib.case.report_figure import colour_table
+    for name in ("jet", "autumn"):
+        reference = colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255
+        assert np.abs(colour_table(name).astype(float) - reference).max() <= 1.0, name
+
+
+def test_edges_outline_a_mask():
+    from StrokeLesionLib.case.report_figure import edges
+    mask = np.zeros((7, 7), bool)
+    mask[2:5, 2:5] = True
+    outline = edges(mask)
+    assert outline.sum() == 8 and not outline[3, 3] and outline[2, 2]

@@ -20,7 +20,8 @@ from AIFSelectorLib.errors import InputError
 pytest.importorskip("trame_slicer", reason="the web app needs trame-slicer (pip install '.[web]')")
 
 from browser import strokelesion_command  # noqa: E402
-from StrokeLesionLib.web.curves_plot import curves_svg, nice_ticks  # noqa: E402
+from StrokeLesionLib.case.report_figure import nice_ticks  # noqa: E402
+from StrokeLesionLib.web.curves_plot import curves_svg  # noqa: E402
 from StrokeLesionLib.web.uploads import check_upload, safe_name, save_upload  # noqa: E402
 
 _names = itertools.count()

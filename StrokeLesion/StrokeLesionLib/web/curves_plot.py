@@ -4,8 +4,9 @@ curve under the cursor, HU against seconds, as an SVG string (drawn in ~1 ms, so
 The tissue curve's enhancement is ~1-5 % of the AIF's, so it has its own axis on the right (HU, green).
 Each curve is a ``<polyline data-curve="<column>">`` so that a test can read what is drawn.
 """
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from StrokeLesionLib.case.report_figure import nice_ticks
 
 CURVE_STYLES = {
     # column: (label, colour, dash, axis)
@@ -15,22 +16,6 @@ CURVE_STYLES = {
     "vof_hu": ("VOF", "#1f4fbf", "", "left"),
     "tissue_hu": ("tissue", "#2e9e44", "", "right"),
 }
-
-
-def nice_ticks(lo: float, hi: float, n: int = 5) -> List[float]:
-    """About ``n`` round tick values covering [lo, hi]."""
-    if not math.isfinite(lo) or not math.isfinite(hi):
-        return []
-    if hi <= lo:
-        hi = lo + 1.0
-    raw = (hi - lo) / max(n, 1)
-    step = 10 ** math.floor(math.log10(raw))
-    for m in (1, 2, 2.5, 5, 10):
-        if raw <= m * step:
-            step *= m
-            break
-    first = math.ceil(lo / step - 1e-9) * step
-    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
 def _range(series: Sequence[Sequence[Optional[float]]]) -> Tuple[float, float]:
