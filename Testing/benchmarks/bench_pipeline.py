@@ -2,6 +2,12 @@
 
     python Testing/benchmarks/bench_pipeline.py            # 256x256x16x48: seconds per method, whole run, memory
     python Testing/benchmarks/bench_pipeline.py --whole-brain   # also a 512x512x320x25 int16 series (~4.2 GB)
+    python Testing/benchmarks/bench_pipeline.py --osipy-python PATH   # osipy's interpreter (default: looked for)
+
+First, whole processes against the speed targets (docs: issue "faster than every peer"): `strokelesion maps`
+beside OSIPI's osipy oSVD on the same 256x256x16x48 case and mask (60 % of the voxels), `strokelesion run`
+on the demo phantom (seconds, per-stage seconds from its report.json, peak memory over the input, and
+report.png's seconds); each timed after one untimed warm-up run (file cache, Python bytecode).
 
 Reports, from one run on this machine: the maps stage per deconvolution method (after the denoising of the
 tissue curves, which runs once per series and is reported beside it), the whole `run_case`,
@@ -98,11 +104,107 @@ def measure(kind, shape_zyx, n_frames):
     return out
 
 
+TARGETS = {"maps_vs_osipy": 2.0, "run_s": 3.0, "run_peak_over_input": 4.0, "figure_s": 0.3}
+"""The issue's targets: `maps` at least 2x faster than osipy's whole process; `run` on the demo phantom in
+3 s or less with AIFNet, its peak memory at most 4x the input; report.png in 0.3 s or less."""
+
+
+def _timed_process(args, env=None):
+    """(seconds, peak resident MB) of a whole process, measured by a parent of its own."""
+    import subprocess
+    import sys
+    code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+            "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True); "
+            "s = time.perf_counter() - t; "
+            "print(r.returncode, s, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0); "
+            "sys.stderr.write(r.stderr[-2000:] if r.returncode else '')")
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env)
+    code_, seconds, peak = out.stdout.split()
+    if code_ != "0":
+        raise RuntimeError(f"{' '.join(map(str, args[:3]))} failed: {out.stderr.strip()[-500:]}")
+    return float(seconds), float(peak)
+
+
+def _find_osipy(given):
+    import shutil
+    import subprocess
+    candidates = [given] if given else [shutil.which("python3.12"), os.path.expanduser("~/.pyenv/versions/3.12.1/bin/python"),
+                                        "/tmp/osipy/bin/python"]
+    for python in filter(None, candidates):
+        if os.path.exists(python) and subprocess.run([python, "-c", "import osipy, nibabel"],
+                                                     capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+def whole_processes(osipy_python=None):
+    """The targets' figures, printed beside the targets; returns them."""
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+    from AIFSelectorLib.io import aif_csv
+    from AIFSelectorLib.io.volume_io import write_series_nifti, write_volume
+    from AIFSelectorLib.phantom.case import make_phantom
+    work = Path(tempfile.mkdtemp(prefix="bench-whole-"))
+    cli = [str(Path(sys.executable).with_name("strokelesion"))]
+    out = {}
+    try:
+        series = _case((16, 256, 256), 48)
+        ctp = write_series_nifti(work / "ctp16.nii.gz", series)
+        zz, yy, xx = np.meshgrid(*(np.linspace(-1, 1, n) for n in series.shape_zyx), indexing="ij")
+        mask = (yy ** 2 + xx ** 2) < 0.6 * 4 / np.pi  # an in-plane disc holding 60 % of the voxels
+        write_volume(work / "mask.nii.gz", mask.astype(np.uint8), series.geometry)
+        truth = make_phantom(seed=0, shape_zyx=(16, 256, 256), n_frames=48)
+        aif_csv.write_aif_csv(work / "aif.csv", series.times_s, truth.aif_hu, truth.vof_hu)
+        maps_args = cli + ["maps", ctp, "--aif", work / "aif.csv", "--mask", work / "mask.nii.gz", "--method", "osvd"]
+        _timed_process(maps_args + ["--out", work / "maps-warm"])
+        out["maps_s"], out["maps_peak_mb"] = _timed_process(maps_args + ["--out", work / "maps"])
+        osipy = _find_osipy(osipy_python)
+        script = Path(__file__).with_name("osipy_maps.py")
+        if osipy:
+            osipy_args = [osipy, script, ctp, work / "aif.csv", work / "mask.nii.gz"]
+            _timed_process(osipy_args + [work / "osipy-warm"])
+            out["osipy_s"], _ = _timed_process(osipy_args + [work / "osipy"])
+        demo = write_series_nifti(work / "demo.nii.gz", make_phantom(seed=0).series)
+        run_args = cli + ["run", demo, "--aif", "aifnet"]
+        _timed_process(run_args + ["--out", work / "run-warm"])
+        out["run_s"], peak = _timed_process(run_args + ["--out", work / "run"])
+        report = json.loads((work / "run" / "report.json").read_text(encoding="utf-8"))
+        out["run_stages_s"] = report["timings_s"]
+        input_mb = 8 * 256 * 256 * 48 * 4 / 2**20  # the series as float32 in memory
+        out["run_peak_over_input"] = peak / input_mb
+        out["figure_s"] = report["timings_s"].get("figure")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"maps, whole process, 256x256x16x48 (60 % mask), oSVD: {out['maps_s']:.2f} s", end="")
+    if "osipy_s" in out:
+        ratio = out["osipy_s"] / out["maps_s"]
+        print(f"; osipy 0.1.4 whole process {out['osipy_s']:.2f} s: {ratio:.2f}x faster "
+              f"(target >= {TARGETS['maps_vs_osipy']:g}x: {'met' if ratio >= TARGETS['maps_vs_osipy'] else 'NOT met'})")
+    else:
+        print("; osipy: not installed here (python3.12 -m pip install osipy nibabel; pass --osipy-python)")
+    print(f"run, whole process, demo phantom 8x256x256x48, AIFNet: {out['run_s']:.2f} s "
+          f"(target <= {TARGETS['run_s']:g} s: {'met' if out['run_s'] <= TARGETS['run_s'] else 'NOT met'}); stages "
+          + ", ".join(f"{k} {v:.2f}" for k, v in out["run_stages_s"].items()))
+    print(f"run, peak resident memory: {out['run_peak_over_input']:.1f}x the float32 input (target <= "
+          f"{TARGETS['run_peak_over_input']:g}x: {'met' if out['run_peak_over_input'] <= TARGETS['run_peak_over_input'] else 'NOT met'})")
+    if out.get("figure_s") is not None:
+        print(f"report.png: {out['figure_s']:.2f} s (target <= {TARGETS['figure_s']:g} s: "
+              f"{'met' if out['figure_s'] <= TARGETS['figure_s'] else 'NOT met'})")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--whole-brain", action="store_true", help="also run a 512x512x320x25 int16 series")
+    ap.add_argument("--osipy-python", help="a Python >= 3.12 with osipy and nibabel (default: looked for)")
+    ap.add_argument("--processes-only", action="store_true", help="only the whole-process targets")
     args = ap.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    whole_processes(args.osipy_python)
+    if args.processes_only:
+        return
     rows = [measure(k, (16, 256, 256), 48) for k in ("tikhonov", "csvd", "osvd", "whole run")]
     if args.whole_brain:
         rows.append({**measure("whole run", (320, 512, 512), 25), "kind": "whole run, 512x512x320x25"})

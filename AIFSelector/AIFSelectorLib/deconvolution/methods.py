@@ -23,9 +23,11 @@ interpolation on a grid UPSAMPLE times finer, then a parabola through the maximu
 samples alone would make them depend on where the bolus falls between two frames.
 
 The per-AIF part (spectra, filter factors) is computed once in float64 numpy; the per-voxel part runs in
-float32 chunks on a tiny backend: numpy/scipy.fft (``device=None``) or torch (``device='cpu'|'cuda'|'auto'``,
+float32 chunks (on every usable core with numpy: each chunk's result is the same whichever thread computes
+it) on a tiny backend: numpy/scipy.fft (``device=None``) or torch (``device='cpu'|'cuda'|'auto'``,
 imported lazily: the Slicer module works without torch). Both run the same numerics.
 """
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,12 +36,14 @@ import scipy.fft
 
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.io.time_grid import interpolation_weights
+from AIFSelectorLib.prepare.preprocessing import usable_cores
 
 METHODS = ("osvd", "csvd", "tikhonov")
 
 DEFAULTS = {
     "csvd": {"threshold": 0.1, "discretisation": "rectangle"},
-    "osvd": {"oi_target": 0.04, "thresholds": tuple(np.geomspace(0.005, 0.5, 10)), "discretisation": "rectangle"},
+    "osvd": {"oi_target": 0.04, "thresholds": tuple(np.geomspace(0.005, 0.5, 10)), "discretisation": "rectangle",
+             "search": "bisection"},
     "tikhonov": {"mus": tuple(np.geomspace(0.05, 1.0, 16)), "criterion": "lcurve", "discretisation": "volterra"},
 }
 """Options of each method, all overridable through ``deconvolve(..., **options)``. The values were tuned on
@@ -54,7 +58,11 @@ per method for every case:
   the choice is the same at every frame interval (a fixed target such as 0.095 lets noise through at dt = 0.5 s
   and over-smooths at dt = 2 s). 0.04 balances low-noise accuracy against noise robustness on synthetic
   curves; OSIPI passes 14/14 for any target in 0.02-0.1. ``thresholds``: the ladder, 10 geometric steps from
-  0.005 to 0.5 (14 steps give the same results and cost 40 % more).
+  0.005 to 0.5 (14 steps give the same results and cost 40 % more). ``search``: how the smallest passing
+  threshold is found: 'ladder' tries all 9 lower steps (9 inverse FFTs per voxel), 'bisection' halves the
+  ladder (4), assuming that the oscillation grows as the threshold falls. On the 256x256x16x48 phantom the two
+  choose differently in 0.015 % of the tissue voxels (where the oscillation index is not monotonic), and the
+  maps' medians agree to 5 digits; bisection takes 40 % less time.
 - tikhonov ``mus``: the ladder of mu / max s; its floor 0.05 keeps the per-voxel choice stable on noisy curves
   (from 0.001, some noisy voxels take a nearly unregularised solution and a flow several times too high).
   ``criterion``: 'lcurve' (Hansen's corner: largest curvature of log residual norm vs log solution norm) or
@@ -294,7 +302,8 @@ def deconvolve(tissue, aif, dt_s, method="osvd", *, device=None, chunk_voxels=CH
     residue = np.empty((n_vox, n_pad), np.float32) if return_residue else None
     n_rows = len(phi)
     chunk = max(1, int(chunk_voxels))
-    for start in range(0, n_vox, chunk):
+
+    def one_chunk(start: int) -> None:
         stop = min(start + chunk, n_vox)
         block = np.asarray(tissue[start:stop], dtype=np.float32)
         if upsampling is not None:
@@ -304,14 +313,30 @@ def deconvolve(tissue, aif, dt_s, method="osvd", *, device=None, chunk_voxels=CH
         if method == "osvd":
             # walk down the threshold ladder, adding the frequencies that each lower threshold lets through;
             # choice ends as the smallest threshold whose residue passes the OI test (0, the largest, if none)
-            unfiltered = spec * unfiltered_inverse
-            trial_spec = spec * inverses[0]
-            for j in range(1, n_rows):
-                trial_spec[:, added[j]] = unfiltered[:, added[j]]
-                trial = be.irfft(trial_spec, n_pad)
-                slope = trial[:, 1:] - trial[:, :-1]
-                oscillation = abs(slope[:, 1:] - slope[:, :-1]).sum(-1)
-                choice = be.where(oscillation < oi_bound * be.max(trial), j, choice)
+            if opts.get("search", "ladder") == "bisection":
+                lo = be.where(spec[:, 0].real > np.inf, 1, 0)  # (chunk,) zeros: the largest threshold passes
+                hi = lo + (n_rows - 1)
+                while True:
+                    active = lo < hi
+                    if not active.any():
+                        break
+                    mid = (lo + hi + 1) // 2
+                    trial = be.irfft(spec * inverses[mid], n_pad)
+                    slope = trial[:, 1:] - trial[:, :-1]
+                    oscillation = abs(slope[:, 1:] - slope[:, :-1]).sum(-1)
+                    passes = oscillation < oi_bound * be.max(trial)
+                    lo = be.where(active & passes, mid, lo)
+                    hi = be.where(active & ~passes, mid - 1, hi)
+                choice = lo
+            else:
+                unfiltered = spec * unfiltered_inverse
+                trial_spec = spec * inverses[0]
+                for j in range(1, n_rows):
+                    trial_spec[:, added[j]] = unfiltered[:, added[j]]
+                    trial = be.irfft(trial_spec, n_pad)
+                    slope = trial[:, 1:] - trial[:, :-1]
+                    oscillation = abs(slope[:, 1:] - slope[:, :-1]).sum(-1)
+                    choice = be.where(oscillation < oi_bound * be.max(trial), j, choice)
         elif method == "tikhonov":
             norm = (spec.real ** 2 + spec.imag ** 2) @ norms
             if opts["criterion"] == "gcv":
@@ -323,4 +348,13 @@ def deconvolve(tissue, aif, dt_s, method="osvd", *, device=None, chunk_voxels=CH
         tmax[start:stop] = be.numpy(t)
         if return_residue:
             residue[start:stop] = be.numpy(be.irfft(spec * inverses[choice], n_pad))
+
+    starts = range(0, n_vox, chunk)
+    workers = min(usable_cores(), len(starts)) if device is None else 1
+    if workers > 1:  # numpy and pocketfft release the GIL: chunks (disjoint outputs) on every core
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one_chunk, starts))
+    else:  # torch runs its own threads
+        for start in starts:
+            one_chunk(start)
     return DeconvolutionResult(flow_per_s=flow, tmax_s=tmax, residue=residue, step_s=dt_s)
