@@ -14,7 +14,6 @@ product (blood, about 40 HU), not the baseline of the weighted sum, which a spre
 bone and tissue (the VOF read -461 HU on the demo phantom). The selection policy then puts the AIF on that
 blood level too (input_functions.policy.on_blood_level). The maps use only the enhancement.
 """
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -26,7 +25,6 @@ from AIFSelectorLib.ctp_series import CTPSeries
 from AIFSelectorLib.input_functions.functions import InputFunctions
 from AIFSelectorLib.models.weights import WeightsError, load_checkpoint
 from AIFSelectorLib.models.device import resolve_device, thread_invariant
-from AIFSelectorLib.prepare.preprocessing import usable_cores
 
 KINDS = ("aif", "vof")
 
@@ -181,17 +179,6 @@ def concentration(pvol: np.ndarray, fraction: float = 0.01, min_voxels: int = 10
     return float(np.partition(flat, flat.size - k)[flat.size - k:].sum())
 
 
-def predict_pvols(models, series: CTPSeries, dev) -> list:
-    """The Pvol of each model, all on one device. On the CPU every network runs on one torch thread (so
-    the result never depends on the core count), and the networks run side by side, one per core: the
-    values are those of one after the other."""
-    with thread_invariant(dev):
-        if dev.type != "cpu" or usable_cores() < 2 or len(models) < 2:
-            return [predict_pvol(model, series, dev) for model in models]
-        with ThreadPoolExecutor(max_workers=min(len(models), usable_cores())) as pool:
-            return list(pool.map(lambda model: predict_pvol(model, series, dev), models))
-
-
 def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Optional[Path] = None,
                   n_baseline: int = 3, peak_enh_hu: Optional[np.ndarray] = None,
                   classic: Optional[Callable[[], InputFunctions]] = None) -> InputFunctions:
@@ -202,7 +189,9 @@ def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Opt
     dev = resolve_device(device)
     aif_model, aif_info = load_model("aif", folder, dev)
     vof_model, vof_info = load_model("vof", folder, dev)
-    aif_pvol, vof_pvol = predict_pvols((aif_model, vof_model), series, dev)
+    with thread_invariant(dev):  # one after the other: side by side saved 0.4 s but held 0.5 GB more
+        aif_pvol = predict_pvol(aif_model, series, dev)
+        vof_pvol = predict_pvol(vof_model, series, dev)
     aif_hu = dense_weighted_curve(series, aif_pvol)
     vof_raw = dense_weighted_curve(series, vof_pvol)
     ptb = peak_enh_hu if peak_enh_hu is not None else peak_to_baseline(series, n_baseline)
