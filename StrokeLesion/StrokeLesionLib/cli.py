@@ -404,6 +404,17 @@ def cmd_batch(args):
         print(f"{r['case_id']:<{width}}  {r['status']:<6}  {detail}")
     n_failed = sum(r["status"] != "done" for r in rows)
     print(f"{len(rows) - n_failed} of {len(rows)} cases done, {n_failed} failed; summary in {out / 'summary.csv'}")
+    if args.reference:
+        from StrokeLesionLib.case.agreement import write_agreement
+        summary = write_agreement(out, cases, {r["case_id"]: r for r in rows},
+                                  Thresholds(args.core_rcbf, args.tmax, args.min_island_ml), args.reference)
+        for s in summary:
+            icc = "n/a" if s["icc_a1"] is None else f"{s['icc_a1']:.3f}"
+            dice = "" if s["median_dice_vs_ot"] is None else f", median Dice vs OT {s['median_dice_vs_ot']:.3f}"
+            print(f"agreement with {args.reference}, {s['measure']}: ICC(A,1) {icc}, bias {s['bias_ml']:.1f} ml "
+                  f"(LoA {s['loa_low_ml']:.1f} to {s['loa_high_ml']:.1f}){dice}")
+        print(f"agreement tables in {out / 'agreement.csv'}, {out / 'agreement_summary.csv'}, "
+              f"{out / 'agreement.png'}")
     return 0 if n_failed == 0 else 1
 
 
@@ -462,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dt", type=_ranged("--dt"), default=None, help="frame interval in seconds, 0.05-60")
     common_maps(sp)
     sp.add_argument("--lesion-model", choices=("pseudodwi", "none"), default="none")
+    sp.add_argument("--reference", choices=("isles2018",), default=None,
+                    help="also compare every case with the dataset's own maps and labels (agreement tables)")
     sp.set_defaults(func=cmd_batch)
 
     sp = sub.add_parser("segment", help="one deep lesion model on its input image")
