@@ -1,6 +1,12 @@
 """Train one AIFNet model (AIF or VOF) on phantom cases (and optionally annotated ISLES 2018 cases).
 
     python -m training.aifnet.train --kind aif --out runs/aif [--n-train 48 --n-val 8 --iters 3000]
+    torchrun --nproc_per_node 2 -m training.aifnet.train --kind aif --out runs/aif [--state-every 100]
+    python -m training.aifnet.train --kind aif --out runs/aif --resume runs/aif/state.pt
+
+Under torchrun every process trains on its own random samples and DistributedDataParallel averages the
+gradients (global batch = the number of processes; training.common.distributed); ``--state-every N`` writes a
+resumable state (model, optimiser, schedule, step, every rank's random state) to ``<out>/state.pt``.
 
 Pearson-correlation loss, SGD with momentum, batch size 1, perfusion-specific augmentation, early
 stopping on the validation split (best validation mean r kept). Writes ``<out>/aifnet_<kind>.pt``
@@ -18,6 +24,7 @@ import torch
 
 from AIFSelectorLib.input_functions.aifnet.model import AIFNetConfig, network_frames
 from AIFSelectorLib.models.blocks import count_parameters
+from training.common.distributed import Distributed, load_state, rank_rng, save_state, setup, unwrap
 from training.common.weights_io import write_checkpoint
 
 from .ablation import build_model, segmentation_loss
@@ -47,7 +54,7 @@ def validation_r(model, samples, kind: str) -> float:
     for s in samples:
         if s.get(kind) is None:
             continue
-        curve, _ = predict_sample(model, s)
+        curve, _ = predict_sample(model, s, next(model.parameters()).device)
         rs.append(float(np.corrcoef(curve, s[kind])[0, 1]))
     model.train()
     return float(np.mean(rs)) if rs else float("nan")
@@ -56,10 +63,14 @@ def validation_r(model, samples, kind: str) -> float:
 def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[AIFNetConfig] = None,
                 variant: str = "pvol", iters: int = 3000, lr: float = 0.01, momentum: float = 0.9,
                 eval_every: int = 100, patience: int = 8, seed: int = 0, max_minutes: Optional[float] = None,
-                normalise_gradient: bool = True, log=print) -> Dict:
-    """Trains and returns {'model', 'history', 'best_val_r', 'iters_done', 'seconds'}.
+                normalise_gradient: bool = True, log=print, distributed: Optional[Distributed] = None,
+                state_path: Optional[Path] = None, state_every: int = 0, resume: Optional[Path] = None) -> Dict:
+    """Trains and returns {'model', 'history', 'best_val_r', 'iters_done', 'seconds', 'losses'}.
 
     config: network configuration; by default K=5 (aif) / 2 (vof), n_frames = the shortest training series.
+    distributed: this process's place in a torchrun run (default: alone). state_path, state_every: a
+    resumable state every ``state_every`` iterations; resume: such a state to continue from. 'losses': the
+    loss of every iteration (mean over the processes).
     """
     train = [s for s in train if s.get(kind) is not None]
     if not train:
@@ -69,31 +80,46 @@ def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[
         config = AIFNetConfig(n_frames=n_frames, n_layers=DEFAULT_LAYERS[kind], kind=kind)
     if config.n_frames > n_frames:
         raise ValueError(f"the network takes {config.n_frames} frames, the shortest training series has {n_frames}")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = build_model(config, variant)
+    d = distributed or Distributed()
+    if d.active and variant == "segmentation":
+        raise ValueError("the segmentation ablation calls the network's logits directly, outside "
+                         "DistributedDataParallel: train it in one process")
+    torch.manual_seed(seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    rng = rank_rng(seed, d) if d.active else np.random.default_rng(seed)
+    model = d.wrap(build_model(config, variant))
+    core = unwrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iters), eta_min=lr * 0.05)
+    scaler = d.scaler()
     history = {"iter": [], "train_loss": [], "val_r": []}
     best = {"r": -np.inf, "state": None, "iter": 0}
-    bad, running, t0 = 0, [], time.perf_counter()
+    bad, running, losses, t0 = 0, [], [], time.perf_counter()
     T = config.n_frames
+    first = 1
+    if resume is not None:
+        extra = load_state(resume, d, model, opt, rng, sched, scaler)["extra"]
+        first = int(extra["iteration"]) + 1
+        history, bad, running, losses = extra["history"], int(extra["bad"]), list(extra["running"]), list(extra["losses"])
+        best = {"r": float(extra["best_r"]), "state": extra.get("best_state"), "iter": int(extra["best_iter"])}
+        log(f"[{kind}] resumed from {resume} at iteration {first}")
     model.train()
-    it = 0
-    for it in range(1, iters + 1):
+    it = first - 1
+    for it in range(first, iters + 1):
         s = augment(train[int(rng.integers(len(train)))], rng)
-        x = _to_tensor(s["x"][:T])[None]
-        target = _to_tensor(s[kind][:T])[None]
-        if variant == "segmentation":
-            mask = s["artery_mask" if kind == "aif" else "vein_mask"]
-            loss = segmentation_loss(model.logits(x), torch.from_numpy(np.ascontiguousarray(mask))[None])
-        elif variant == "regression":
-            loss = pearson_loss(model(x), target)
-        else:
-            pred, _ = model(x)
-            loss = pearson_loss(pred, target)
+        x = _to_tensor(s["x"][:T])[None].to(d.device)
+        target = _to_tensor(s[kind][:T])[None].to(d.device)
+        with d.autocast():
+            if variant == "segmentation":
+                mask = s["artery_mask" if kind == "aif" else "vein_mask"]
+                loss = segmentation_loss(core.logits(x), torch.from_numpy(np.ascontiguousarray(mask))[None].to(d.device))
+            elif variant == "regression":
+                loss = pearson_loss(model(x), target)
+            else:
+                pred, _ = model(x)
+                loss = pearson_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)  # the gradient as computed, for its norm
         if normalise_gradient:
             # SGD with momentum on the unit-normalised gradient: the softmax over ~10^5 voxels makes the
             # raw gradient ~1e-4 at the start (arteries are ~0.1 % of the voxels), too small for plain SGD
@@ -104,11 +130,14 @@ def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[
                         q.grad.mul_(1.0 / float(gn))
         else:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
-        running.append(float(loss.detach()))
+        step_loss = d.mean(float(loss.detach()))
+        running.append(step_loss)
+        losses.append(step_loss)
         if it % eval_every == 0 or it == iters:
-            vr = validation_r(model, val, kind) if (val and variant != "regression") else float("nan")
+            vr = validation_r(core, val, kind) if (val and variant != "regression") else float("nan")
             tl = float(np.mean(running))
             running = []
             history["iter"].append(it)
@@ -118,7 +147,7 @@ def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[
                 f"({time.perf_counter() - t0:.0f} s)")
             score = vr if np.isfinite(vr) else -tl
             if score > best["r"]:
-                best = {"r": score, "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                best = {"r": score, "state": {k: v.detach().clone() for k, v in core.state_dict().items()},
                         "iter": it}
                 bad = 0
             else:
@@ -129,11 +158,16 @@ def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[
             if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
                 log(f"[{kind}] time budget reached at iter {it}")
                 break
+        if state_path is not None and state_every and it % state_every == 0:
+            save_state(state_path, d, model, opt, it, rng, sched, scaler, extra={
+                "iteration": it, "history": history, "bad": bad, "running": running, "losses": losses,
+                "best_r": float(best["r"]), "best_iter": int(best["iter"]),
+                **({"best_state": best["state"]} if best["state"] is not None else {})})
     if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    model.eval()
-    return {"model": model, "history": history, "best_val_r": float(best["r"]), "best_iter": best["iter"],
-            "iters_done": it, "seconds": time.perf_counter() - t0, "config": config}
+        core.load_state_dict(best["state"])
+    core.eval()
+    return {"model": core, "history": history, "best_val_r": float(best["r"]), "best_iter": best["iter"],
+            "iters_done": it, "seconds": time.perf_counter() - t0, "config": config, "losses": losses}
 
 
 def save_checkpoint(path, result: Dict, extra: Optional[Dict] = None) -> Path:
@@ -172,13 +206,18 @@ def build_parser():
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="cuda: one GPU per process under torchrun (NCCL, float16 autocast); cpu: gloo")
+    p.add_argument("--state-every", type=int, default=0, help="iterations between resumable states (0: none)")
+    p.add_argument("--resume", type=Path, help="a state.pt to continue from (same number of processes)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    log = lambda m: print(m, flush=True)  # noqa: E731
+    d = setup(args.device)
+    log = (lambda m: print(m, flush=True)) if d.is_main else (lambda m: None)  # noqa: E731
     t0 = time.perf_counter()
     train = cached_phantoms(range(TRAIN_SEED0, TRAIN_SEED0 + args.n_train), args.cache, log=log)
     val = cached_phantoms(range(VAL_SEED0, VAL_SEED0 + args.n_val), args.cache, log=log)
@@ -194,17 +233,25 @@ def main(argv=None) -> int:
     result = train_model(args.kind, train, val, config, variant=args.variant, iters=args.iters, lr=args.lr,
                          momentum=args.momentum, eval_every=args.eval_every, patience=args.patience,
                          seed=args.seed, max_minutes=args.max_minutes,
-                         normalise_gradient=not args.raw_gradient, log=log)
+                         normalise_gradient=not args.raw_gradient, log=log, distributed=d,
+                         state_path=args.out / "state.pt" if args.state_every else None,
+                         state_every=args.state_every, resume=args.resume)
+    (args.out / f"losses.rank{d.rank}.json").parent.mkdir(parents=True, exist_ok=True)
+    (args.out / f"losses.rank{d.rank}.json").write_text(json.dumps(result["losses"]))
+    if not d.is_main:
+        d.close()
+        return 0
     cmd = "python -m training.aifnet.train " + " ".join(argv if argv is not None else sys.argv[1:])
     extra = {"training_command": cmd, "train_seeds": [TRAIN_SEED0, TRAIN_SEED0 + args.n_train - 1],
              "val_seeds": [VAL_SEED0, VAL_SEED0 + args.n_val - 1], "variant": args.variant,
-             "lr": args.lr, "momentum": args.momentum, "batch_size": 1,
+             "lr": args.lr, "momentum": args.momentum, "batch_size": 1, "processes": d.world_size,
              "optimizer": "SGD, Nesterov momentum, " + ("raw" if args.raw_gradient else "unit-normalised") + " gradient",
              "date": time.strftime("%Y-%m-%d"), "isles_cases": bool(args.isles_root and args.isles_csv)}
     path = save_checkpoint(args.out / f"aifnet_{args.kind}.pt", result, extra)
     (args.out / "history.json").write_text(json.dumps(result["history"], indent=1))
     log(f"wrote {path} ({count_parameters(result['model'])} parameters, best val r {result['best_val_r']:.4f}, "
         f"{result['seconds']:.0f} s)")
+    d.close()
     return 0
 
 

@@ -1,7 +1,12 @@
 """Trains X-Net (or its ablations) on T1 phantom slices (default) or ATLAS scans.
 
     python -m training.xnet.train --out DIR [--variant xnet|xnet_no_fsm|unet] [--data phantom|atlas --root DIR]
-                                  [--max-minutes 20] [--threads 1]
+                                  [--max-minutes 20] [--threads 1] [--state-every N] [--resume DIR/state.pt]
+    torchrun --nproc_per_node 2 -m training.xnet.train --out DIR ...   # DistributedDataParallel
+
+Under torchrun each process draws its own case-balanced batches and DistributedDataParallel averages the
+gradients (global batch = --batch-size x processes; training.common.distributed); stopping, learning-rate
+decays and evaluations are decided together. ``--state-every N`` writes a resumable state to DIR/state.pt.
 
 The paper's optimiser and schedule are the defaults: Adam, learning rate 1e-3, batch 8 slices, the
 learning rate multiplied by 0.2 when the validation score has not improved for 3 evaluations
@@ -19,6 +24,7 @@ folder=DIR)`` loads it. ``--max-minutes`` bounds the whole run (data included), 
 """
 import argparse
 import copy
+import json
 import os
 import sys
 import time
@@ -65,6 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="random seed (initialisation, batches)")
     p.add_argument("--cache", type=Path, help="folder caching the phantom slices (.npz)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="cuda: one GPU per process under torchrun (NCCL, float16 autocast); cpu: gloo")
+    p.add_argument("--state-every", type=int, default=0, help="iterations between resumable states (0: none)")
+    p.add_argument("--resume", type=Path, help="a state.pt to continue from (same number of processes)")
     args = p.parse_args(argv)
     if args.data == "atlas" and args.root is None:
         p.error("--data atlas needs --root DIR")
@@ -103,6 +113,7 @@ def load_data(args, config, deadline: float):
 
 def train(args) -> Dict[str, object]:
     import torch
+    from training.common.distributed import load_state, rank_rng, save_state, setup, unwrap
     from training.common.weights_io import update_manifest, write_checkpoint
     from AIFSelectorLib.models.blocks import count_parameters
     from StrokeLesionLib.lesion_models.xnet.model import XNetConfig, build_model, variant_config
@@ -110,7 +121,8 @@ def train(args) -> Dict[str, object]:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    d = setup(args.device)
+    rng = rank_rng(args.seed, d) if d.active else np.random.default_rng(args.seed)
     args.t_start = time.time()
     deadline = args.t_start + 60.0 * args.max_minutes
     config = variant_config(XNetConfig(widths=tuple(args.widths), grid_size=args.grid_size,
@@ -119,15 +131,27 @@ def train(args) -> Dict[str, object]:
     t_data = time.time() - args.t_start
     if args.eval_every <= 0:
         args.eval_every = max(1, int(np.ceil(len(slices) / args.batch_size)))
-    model = build_model(config)
-    n_params = count_parameters(model)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    args.eval_every = d.gather(args.eval_every)[0]  # rank 0's, so that every rank evaluates at the same steps
+    model = d.wrap(build_model(config))
+    core = unwrap(model)
+    n_params = count_parameters(core)
+    log = (lambda *a: None) if (args.quiet or not d.is_main) else (lambda *a: print(*a, flush=True))
     log(f"{args.variant}: {n_params} parameters, {len(slices)} training slices ({data['n_train']} cases), "
         f"{len(val)} validation cases, data {t_data:.0f} s")
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scaler = d.scaler()
     class_weights = None if args.lesion_weight == 1.0 else (1.0, args.lesion_weight)
     best, best_iter, best_state, since_best, since_decay, lr = -1.0, 0, None, 0, 0, args.lr
     final_decay_at = deadline - args.final_decay * (deadline - time.time()) if args.final_decay > 0 else float("inf")
+    losses: List[float] = []
+    it = 0
+    if args.resume is not None:
+        extra = load_state(args.resume, d, model, opt, rng, scaler=scaler)["extra"]
+        it, losses, lr = int(extra["iteration"]), list(extra["losses"]), float(extra["lr"])
+        best, best_iter, since_best, since_decay = (float(extra["best"]), int(extra["best_iter"]),
+                                                    int(extra["since_best"]), int(extra["since_decay"]))
+        best_state = extra.get("best_state")
+        log(f"resumed from {args.resume} at iteration {it + 1}")
 
     def decay():
         nonlocal lr
@@ -135,26 +159,30 @@ def train(args) -> Dict[str, object]:
         for g in opt.param_groups:
             g["lr"] = lr
 
-    losses: List[float] = []
-    it = 0
-    while it < args.iters and time.time() < deadline:
+    def together(condition: bool) -> bool:  # a decision every rank takes at the same step
+        return d.mean(float(condition)) > 0
+
+    while it < args.iters and not together(time.time() >= deadline):
         model.train()
         x, y = training_batch(slices, labels, index, rng, args.batch_size)
-        loss = dice_ce_loss(model(torch.from_numpy(x)), torch.from_numpy(y), class_weights)
+        with d.autocast():
+            loss = dice_ce_loss(model(torch.from_numpy(x).to(d.device)).float(), torch.from_numpy(y).to(d.device),
+                                class_weights)
         opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(d.mean(loss.item()))
         it += 1
-        if time.time() >= final_decay_at:
+        if together(time.time() >= final_decay_at):
             decay()
             final_decay_at = float("inf")
-        if it % args.eval_every == 0 or it == args.iters or time.time() >= deadline:
-            model.eval()
-            score = validation_dice(model, val)
+        if it % args.eval_every == 0 or it == args.iters or together(time.time() >= deadline):
+            core.eval()
+            score = validation_dice(core, val)
             if score > best:
                 best, best_iter, since_best, since_decay = score, it, 0, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(core.state_dict())
             else:
                 since_best += 1
                 since_decay += 1
@@ -165,9 +193,17 @@ def train(args) -> Dict[str, object]:
             if since_decay >= args.lr_patience:
                 decay()
                 since_decay = 0
+        if args.state_every and it % args.state_every == 0:
+            save_state(args.out / "state.pt", d, model, opt, it, rng, scaler=scaler, extra={
+                "iteration": it, "losses": losses, "lr": lr, "best": best, "best_iter": best_iter,
+                "since_best": since_best, "since_decay": since_decay,
+                **({"best_state": best_state} if best_state is not None else {})})
     seconds = time.time() - args.t_start
     if best_state is not None:
-        model.load_state_dict(best_state)
+        core.load_state_dict(best_state)
+    if not d.is_main:
+        d.close()
+        return {"path": None, "meta": None, "losses": losses}
     meta = {"version": f"{args.variant}-{VERSION}", "variant": args.variant, "n_parameters": n_params,
             "date": time.strftime("%Y-%m-%d"), "data": data,
             "training_command": "python -m training.xnet.train " + " ".join(args.argv),
@@ -178,13 +214,14 @@ def train(args) -> Dict[str, object]:
                          f"{args.lr_patience} evaluations without improvement and once with "
                          f"{args.final_decay:g} of the time budget left", "final_lr": lr, "batch_size": args.batch_size,
                          "eval_every": args.eval_every, "early_stopping_patience": args.patience,
-                         "threads": args.threads,
+                         "threads": args.threads, "processes": d.world_size,
                          "loss": f"soft Dice + cross-entropy (lesion class weight {args.lesion_weight:g})",
                          "sampling": "case-balanced, lesion slices 70 %"}}
-    path = write_checkpoint({"format": 1, "config": config.to_dict(), "state_dict": model.state_dict(), "meta": meta},
+    path = write_checkpoint({"format": 1, "config": config.to_dict(), "state_dict": core.state_dict(), "meta": meta},
                             args.out / f"{args.variant}.pt")
     update_manifest({args.variant: manifest_entry(path, config.to_dict(), meta)}, folder=args.out)
     log(f"wrote {path} (best val Dice {best:.4f} at iter {best_iter}, {it} iters, {seconds:.0f} s)")
+    d.close()
     return {"path": path, "meta": meta, "losses": losses}
 
 
@@ -205,7 +242,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.argv = argv
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    train(args)
+    result = train(args)
+    rank = int(os.environ.get("RANK", "0"))
+    args.out.mkdir(parents=True, exist_ok=True)  # every iteration's loss (mean over the processes), per rank
+    (args.out / f"losses.rank{rank}.json").write_text(json.dumps(result["losses"]), encoding="utf-8")
     return 0
 
 

@@ -1,0 +1,71 @@
+"""Training across processes: two-process DistributedDataParallel runs under torchrun (gloo, CPU) of AIFNet
+and of X-Net: both ranks finish, the loss goes down, and a run resumed from a checkpoint computes the same
+losses as the run that wrote it (the next iteration's included)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+HERE = Path(__file__).resolve().parent
+
+
+def torchrun(args, timeout=600):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=HERE.parents[1])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def losses(folder):
+    ranks = [json.loads((Path(folder) / f"losses.rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
+    return [r["losses"] if isinstance(r, dict) else r for r in ranks]
+
+
+def test_aifnet_trains_on_two_processes_and_resumes(tmp_path):
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    torchrun([HERE / "ddp_aifnet.py", first, 30, 20])
+    a0, a1 = losses(first)
+    assert len(a0) == 30 and a0 == a1  # both ranks finished, and agree on the (averaged) loss
+    assert np.mean(a0[-8:]) < 0.8 * np.mean(a0[:8]), a0
+    assert json.loads((first / "losses.rank0.json").read_text(encoding="utf-8"))["world_size"] == 2
+    torchrun([HERE / "ddp_aifnet.py", resumed, 30, 0, first / "state.pt"])
+    b0, _ = losses(resumed)
+    assert b0[:20] == a0[:20]  # restored from the state
+    assert np.allclose(b0[20:], a0[20:], rtol=0, atol=1e-6), (a0[20:], b0[20:])  # the next losses
+
+
+def test_xnet_trains_on_two_processes_and_resumes(tmp_path):
+    common = ["-m", "training.xnet.train", "--n-train", 2, "--n-val", 1, "--widths", 4, 8, "--grid-size", 32,
+              "--batch-size", 2, "--iters", 24, "--eval-every", 8, "--max-minutes", 8, "--lr", 0.01,
+              "--device", "cpu", "--quiet"]
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    torchrun(common + ["--out", first, "--state-every", 16])
+    a0, a1 = losses(first)
+    assert len(a0) == 24 and a0 == a1
+    assert np.mean(a0[-6:]) < np.mean(a0[:6]), a0
+    assert (first / "xnet.pt").exists() and (first / "manifest.json").exists()
+    torchrun(common + ["--out", resumed, "--resume", first / "state.pt"])
+    b0, _ = losses(resumed)
+    assert np.allclose(b0[16:], a0[16:], rtol=0, atol=1e-6), (a0[16:], b0[16:])
+
+
+def test_a_state_of_another_world_size_is_refused(tmp_path):
+    import torch
+    from training.aifnet.train import train_model
+    from training.aifnet.data import phantom_sample
+    from AIFSelectorLib.input_functions.aifnet.model import AIFNetConfig
+    state = tmp_path / "state.pt"
+    samples = [phantom_sample(1000, shape_zyx=(2, 48, 48), n_frames=30, spacing_mm=(3.6, 3.6, 6.0))]
+    cfg = AIFNetConfig(n_frames=30, n_layers=2, base_width=4, max_width=8)
+    torch.set_num_threads(1)
+    train_model("aif", samples, [], cfg, iters=2, state_path=state, state_every=2, log=lambda m: None)
+    payload = torch.load(state, weights_only=True)
+    payload["world_size"] = 2
+    torch.save(payload, state)
+    with pytest.raises(ValueError, match="written by 2 processes"):
+        train_model("aif", samples, [], cfg, iters=4, resume=state, log=lambda m: None)

@@ -1,0 +1,178 @@
+"""Training across processes (``torchrun``) with DistributedDataParallel, and checkpoints that resume.
+
+Every training entry point calls :func:`setup`: under ``torchrun --nproc_per_node N`` (which sets RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) it joins the process group, NCCL on GPUs and gloo on
+the CPU, and :meth:`Distributed.wrap` puts the model in DistributedDataParallel, which averages the gradients
+of every rank in each backward pass; alone it is a no-op (one process, the model as it is).
+
+Samples: the trainers draw their samples at random with replacement (AIFNet: one case per iteration,
+augmented; the lesion models: case-balanced batches). Under DDP each rank draws from its own random stream
+(:func:`rank_rng`: seed + RANK_SEED_STRIDE x rank), which is what a DistributedSampler gives for sampling with
+replacement: the global batch of one step is the ranks' samples together (per-rank batch x world size).
+
+Mixed precision: :meth:`Distributed.autocast` and the GradScaler of :meth:`Distributed.scaler` run float16
+on CUDA and change nothing on the CPU.
+
+Resumable checkpoints (:func:`save_state`, :func:`load_state`): the model, the optimiser, the scheduler
+and the scaler, the step, and the random states of every rank (torch, CUDA, numpy), written by rank 0
+atomically and read with ``torch.load(weights_only=True)``; a run resumed from step k draws the same samples
+and computes the same loss at step k + 1 as the run that wrote it.
+"""
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+RANK_SEED_STRIDE = 1000
+"""Rank r's random stream starts at seed + RANK_SEED_STRIDE x r."""
+
+
+@dataclass
+class Distributed:
+    """This process's place in a (possibly one-process) training run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on this rank's device, in DistributedDataParallel when several processes train."""
+        model = model.to(self.device)
+        if not self.active:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over the ranks (the value itself alone)."""
+        if not self.active:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj``, in rank order (on every rank)."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def autocast(self):
+        """float16 autocast on CUDA; nothing on the CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return nullcontext()
+
+    def scaler(self):
+        """A GradScaler for float16 on CUDA; a disabled one on the CPU (its calls pass through)."""
+        return torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup(device: str = "auto") -> Distributed:
+    """Joins the torchrun process group when there is one (NCCL on CUDA, gloo on the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    where = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(where)
+    if world <= 1:
+        return Distributed(device=where)
+    backend = "nccl" if cuda else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return Distributed(rank=rank, world_size=world, local_rank=local, device=where, backend=backend)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a DistributedDataParallel wrapper (or the network itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def rank_rng(seed: int, d: Distributed) -> np.random.Generator:
+    """This rank's random stream (see the module doc)."""
+    return np.random.default_rng(seed + RANK_SEED_STRIDE * d.rank)
+
+
+def _random_state(rng: np.random.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_state(path, d: Distributed, model, optimizer, step: int, rng: np.random.Generator, scheduler=None,
+               scaler=None, extra: Optional[dict] = None) -> Optional[Path]:
+    """Writes a resumable checkpoint (see the module doc) from rank 0; every rank must call it (the random
+    states are gathered). Returns the path on rank 0."""
+    states = d.gather(_random_state(rng))
+    if not d.is_main:
+        d.barrier()
+        return None
+    payload = {"format": "strokelesion-training-state-1", "step": int(step), "world_size": d.world_size,
+               "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+               "optimizer": optimizer.state_dict(), "random": states, "extra": dict(extra or {})}
+    if scheduler is not None:
+        payload["scheduler"] = scheduler.state_dict()
+    if scaler is not None:
+        payload["scaler"] = scaler.state_dict()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    d.barrier()
+    return path
+
+
+def load_state(path, d: Distributed, model, optimizer, rng: np.random.Generator, scheduler=None,
+               scaler=None) -> dict:
+    """Restores what :func:`save_state` wrote (this rank's random states included); returns the payload
+    (``step``, ``extra``). The run must have as many processes as the one that wrote it."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if payload.get("format") != "strokelesion-training-state-1":
+        raise ValueError(f"{path} is not a strokelesion training state")
+    if payload["world_size"] != d.world_size:
+        raise ValueError(f"{path} was written by {payload['world_size']} processes; this run has {d.world_size}")
+    unwrap(model).load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None and "scheduler" in payload:
+        scheduler.load_state_dict(payload["scheduler"])
+    if scaler is not None and "scaler" in payload:
+        scaler.load_state_dict(payload["scaler"])
+    state = payload["random"][d.rank]
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    rng.bit_generator.state = state["numpy"]
+    return payload
