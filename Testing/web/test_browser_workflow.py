@@ -76,6 +76,12 @@ def open_and_select(web):
     time.sleep(1.5)  # the view's next frame
 
 
+def open_and_map(web):
+    open_and_select(web)
+    web.click("compute-maps")
+    web.wait_idle("maps_ready")
+
+
 def test_page_shows_the_ctp(phantom, tmp_path):
     case, path = phantom
     with WebApp(path, tmp_path) as web:
@@ -122,9 +128,7 @@ def test_pvol_overlay_lies_over_the_true_arteries(phantom, tmp_path):
 def test_click_on_an_artery_corrects_the_aif_and_recompute_changes_the_maps(phantom, tmp_path):
     case, path = phantom
     with WebApp(path, tmp_path) as web:
-        open_and_select(web)
-        web.click("compute-maps")
-        web.wait_idle("maps_ready")
+        open_and_map(web)
         automatic = web.state("maps_summary")
         assert automatic["aif_source"] == "automatic"
         web.click("layout-review")
@@ -163,9 +167,7 @@ def test_paint_into_core_changes_the_volume_and_the_export_keeps_it(phantom, tmp
     from StrokeLesionLib.mrml.stroke_lesion_logic import StrokeLesionLogic
     case, path = phantom
     with WebApp(path, tmp_path) as web:
-        open_and_select(web)
-        web.click("compute-maps")
-        web.wait_idle("maps_ready")
+        open_and_map(web)
         web.click("rcbf-30")
         web.wait(lambda: web.state("core_rcbf") == 0.3, 10)
         web.click("create-segments")

@@ -410,18 +410,18 @@ class StrokeLesionWebApp:
             self._refresh_curves()
 
     def use_automatic(self) -> None:
-        try:
-            self.session.use_automatic()
-            self._refresh_curves()
-        except Exception as e:  # noqa: BLE001
-            self.tasks.report_error(e, "use automatic")
+        self._curves_step("use automatic", self.session.use_automatic)
 
     def clear_picks(self) -> None:
+        self._curves_step("clear picks", self.session.clear_picks)
+
+    def _curves_step(self, what: str, step) -> None:
+        """A quick step on the curves (main thread), then the plot; an error is a message."""
         try:
-            self.session.clear_picks()
+            step()
             self._refresh_curves()
         except Exception as e:  # noqa: BLE001
-            self.tasks.report_error(e, "clear picks")
+            self.tasks.report_error(e, what)
 
     # --------------------------------------------------------------------------------------------- maps
 

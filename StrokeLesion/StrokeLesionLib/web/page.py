@@ -44,6 +44,14 @@ def build_page(app):
     return layout
 
 
+def _choice_and_action(v, html, key, choices, label, width_px, action, call, disabled, action_id):
+    """A row: a choice (state ``key``, control id ``key``) and the primary button that acts on it."""
+    with html.Div(classes="d-flex align-center"):
+        v.VSelect(v_model=(key,), items=(f"{key}_choices", list(choices)), label=label, density="compact",
+                  hide_details=True, style=f"max-width: {width_px}px;", id=key)
+        v.VBtn(action, click=call, disabled=(disabled,), classes="ml-2", color="primary", id=action_id)
+
+
 def _status(v, html, ctrl):
     with html.Div(v_if=("busy",), id="busy"):
         v.VProgressLinear(model_value=("progress",), height=8, color="primary", id="progress")
@@ -71,11 +79,8 @@ def _case(v, html, ctrl):
 
 def _input_functions(v, html, ctrl):
     html.Div("2. AIF and VOF", classes="sl-section")
-    with html.Div(classes="d-flex align-center"):
-        v.VSelect(v_model=("selector",), items=("selectors", list(SELECTORS)), label="selector",
-                  density="compact", hide_details=True, style="max-width: 140px;", id="selector")
-        v.VBtn("Select AIF / VOF", click=ctrl.select_input_functions, disabled=("!case_loaded || busy",),
-               classes="ml-2", color="primary", id="select-aif")
+    _choice_and_action(v, html, "selector", SELECTORS, "selector", 140,
+                       "Select AIF / VOF", ctrl.select_input_functions, "!case_loaded || busy", "select-aif")
     with html.Div(v_if=("input_functions_ready",)):
         with html.Div(classes="d-flex align-center"):
             with v.VBtnToggle(v_model=("pvol_overlay",), density="compact", mandatory=True, id="overlay"):
@@ -103,11 +108,8 @@ def _input_functions(v, html, ctrl):
 
 def _maps(v, html, ctrl):
     html.Div("3. Perfusion maps", classes="sl-section")
-    with html.Div(classes="d-flex align-center"):
-        v.VSelect(v_model=("method",), items=("methods", list(METHODS)), label="deconvolution",
-                  density="compact", hide_details=True, style="max-width: 160px;", id="method")
-        v.VBtn("Compute maps", click=ctrl.compute_maps, disabled=("!input_functions_ready || busy",),
-               classes="ml-2", color="primary", id="compute-maps")
+    _choice_and_action(v, html, "method", METHODS, "deconvolution", 160,
+                       "Compute maps", ctrl.compute_maps, "!input_functions_ready || busy", "compute-maps")
     with html.Table(v_if=("maps_ready",), classes="sl-small", id="map-legend"):
         with html.Tr(v_for="m in map_legend", key="m.key"):
             html.Td("{{ m.name }}")
