@@ -50,13 +50,14 @@ class Distributed:
     def active(self) -> bool:
         return self.world_size > 1
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model on this rank's device, in DistributedDataParallel when several processes train."""
+    def wrap(self, model: torch.nn.Module, find_unused: bool = False) -> torch.nn.Module:
+        """The model on this rank's device, in DistributedDataParallel when several processes train.
+        find_unused: some parameters may take no part in a step's loss (staged training)."""
         model = model.to(self.device)
         if not self.active:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 
     def mean(self, value: float) -> float:
         """The mean of ``value`` over the ranks (the value itself alone)."""

@@ -9,6 +9,11 @@ shipped CPU-sized runs use a larger rate, halved every 400 iterations (see repro
 The context encoder Phi_c is first trained on the real DWI slices (regressing the slice's lesion area
 fraction, ``--context-iters``) and then frozen, so the context loss compares fixed lesion-context features.
 
+Under ``torchrun --nproc_per_node N`` the stages run with DistributedDataParallel (each process draws its own
+batches; global batch N x ``--batch-size``; the context encoder is pretrained identically on every process);
+``--state-every N`` writes ``<out>/state.pt`` (stage, network, optimiser, schedule, step, every rank's random
+state) and ``--resume`` continues from it (training.common.distributed).
+
 Modes: 'end_to_end' minimises L = L_s + alpha L_g + beta L_e over every network at once; 'sequential'
 trains Phi_e on L_e, then Phi_g on L_g (Phi_e frozen), then SLNet on L_s (both frozen), the iteration and
 time budgets split 1/4, 1/4, 1/2. Early stopping on the validation Dice (whole cases, 3D) with
@@ -105,48 +110,74 @@ def stages_of(model, mode: str) -> List[tuple]:
 
 
 def run_training(model, train_samples: Sequence[dict], val_samples: Sequence[dict], opts: TrainOptions,
-                 log: Optional[Callable] = None) -> Dict[str, object]:
+                 log: Optional[Callable] = None, distributed=None, state_path: Optional[Path] = None,
+                 state_every: int = 0, resume: Optional[Path] = None) -> Dict[str, object]:
     """Trains ``model`` in place (ending with its best validation state) and returns the history:
-    'history' [(iteration, stage, total loss)], 'best_val_dice', 'best_iter', 'iters_done', 'seconds'."""
+    'history' [(iteration, stage, total loss)], 'best_val_dice', 'best_iter', 'iters_done', 'seconds'.
+    distributed: this process's place in a torchrun run (default: alone); state_path, state_every: a resumable
+    state every ``state_every`` iterations; resume: such a state to continue from."""
     import torch
+    from training.common.distributed import Distributed, load_state, rank_rng, save_state
+    d = distributed or Distributed()
     t_start = time.perf_counter()
-    rng = np.random.default_rng(opts.seed)
+    rng = rank_rng(opts.seed, d) if d.active else np.random.default_rng(opts.seed)
     torch.manual_seed(opts.seed)
-    pretrain_context(model.context, train_samples, opts, log)
+    saved = torch.load(resume, map_location="cpu", weights_only=True)["extra"] if resume is not None else None
+    if saved is None:
+        pretrain_context(model.context, train_samples, opts, log)
+    elif model.context is not None:  # the state holds the pretrained encoder: frozen, as after pretraining
+        for p in model.context.parameters():
+            p.requires_grad_(False)
+        model.context.eval()
+    wrapped = d.wrap(model, find_unused=opts.mode == "sequential")  # a stage leaves other networks out
     history, best = [], {"dice": -1.0, "iter": 0, "state": None}
     it_total = 0
     budget_s = opts.max_minutes * 60.0
     frac_left = 1.0
-    for stage, frac in stages_of(model, opts.mode):
+    for stage_index, (stage, frac) in enumerate(stages_of(model, opts.mode)):
         modules = stage_modules(model, stage)
         params = [p for m in modules for p in m.parameters()]
         opt = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
         sched = (torch.optim.lr_scheduler.StepLR(opt, opts.lr_decay_every, 0.5) if opts.lr_decay_every else None)
+        scaler = d.scaler()
         n_iters = max(1, int(round(opts.iters * frac)))
         stage_end = time.perf_counter() + frac / frac_left * (budget_s - (time.perf_counter() - t_start))
         frac_left -= frac
         segmenting = stage in ("end_to_end", "segmenter")
-        bad = 0
-        for it in range(1, n_iters + 1):
+        bad, first = 0, 1
+        if saved is not None:
+            if stage_index < saved["stage_index"]:
+                continue  # done before the state was written: its weights are in the state
+            extra = load_state(resume, d, wrapped, opt, rng, sched, scaler)["extra"]
+            history, it_total, bad, first = list(extra["history"]), int(extra["it_total"]), int(extra["bad"]), \
+                int(extra["iteration"]) + 1
+            best = {"dice": float(extra["best_dice"]), "iter": int(extra["best_iter"]),
+                    "state": extra.get("best_state")}
+            saved = None
+            if log:
+                log(f"resumed {stage} at iteration {first} from {resume}")
+        for it in range(first, n_iters + 1):
             model.eval()
             for m in modules:
                 m.train()
-            b = {k: torch.from_numpy(v) for k, v in random_batch(train_samples, rng, opts.batch_size,
-                                                                   opts.crop).items()}
-            out = model(b["x"])
-            terms = total_loss(out, b["dwi"], b["lesion"], b["weight_map"], model.context, opts.losses, stage)
+            b = {k: torch.from_numpy(v).to(d.device) for k, v in random_batch(train_samples, rng, opts.batch_size,
+                                                                               opts.crop).items()}
+            with d.autocast():
+                out = wrapped(b["x"])
+                terms = total_loss(out, b["dwi"], b["lesion"], b["weight_map"], model.context, opts.losses, stage)
             opt.zero_grad()
-            terms["total"].backward()
-            opt.step()
+            scaler.scale(terms["total"]).backward()
+            scaler.step(opt)
+            scaler.update()
             if sched is not None:
                 sched.step()
             it_total += 1
-            history.append((it_total, stage, terms["total"].item()))
-            out_of_time = time.perf_counter() > stage_end
+            history.append((it_total, stage, d.mean(terms["total"].item())))
+            out_of_time = d.mean(float(time.perf_counter() > stage_end)) > 0
             if segmenting and val_samples and (it % opts.eval_every == 0 or it == n_iters or out_of_time):
-                d = validation_dice(model, val_samples)
-                if d > best["dice"]:
-                    best = {"dice": d, "iter": it_total,
+                score = validation_dice(model, val_samples)
+                if score > best["dice"]:
+                    best = {"dice": score, "iter": it_total,
                             "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
                     bad = 0
                 else:
@@ -155,13 +186,18 @@ def run_training(model, train_samples: Sequence[dict], val_samples: Sequence[dic
                     recent = np.mean([h[2] for h in history[-opts.eval_every:]])
                     log(f"{stage} iter {it_total}: loss {recent:.4f}  "
                         + " ".join(f"{k} {v.item():.3f}" for k, v in terms.items() if k != "total")
-                        + f"  val Dice {d:.3f} (best {best['dice']:.3f} @ {best['iter']})  "
+                        + f"  val Dice {score:.3f} (best {best['dice']:.3f} @ {best['iter']})  "
                         f"{time.perf_counter() - t_start:.0f} s")
                 if bad >= opts.patience:
                     break
             elif log and it % opts.eval_every == 0:
                 log(f"{stage} iter {it_total}: loss {np.mean([h[2] for h in history[-opts.eval_every:]]):.4f}  "
                     f"{time.perf_counter() - t_start:.0f} s")
+            if state_path is not None and state_every and it_total % state_every == 0:
+                save_state(state_path, d, wrapped, opt, it_total, rng, sched, scaler, extra={
+                    "stage_index": stage_index, "stage": stage, "iteration": it, "it_total": it_total,
+                    "history": history, "bad": bad, "best_dice": best["dice"], "best_iter": best["iter"],
+                    **({"best_state": best["state"]} if best["state"] is not None else {})})
             if out_of_time:
                 break
     if best["state"] is not None:
@@ -203,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=20.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="cuda: one GPU per process under torchrun (NCCL, float16 autocast); cpu: gloo")
+    p.add_argument("--state-every", type=int, default=0, help="iterations between resumable states (0: none)")
+    p.add_argument("--resume", type=Path, help="a state.pt to continue from (same number of processes)")
     return p
 
 
@@ -213,9 +253,12 @@ def main(argv=None) -> Dict[str, object]:
     from AIFSelectorLib.errors import InputError
     from training.common.weights_io import file_fields, update_manifest, write_checkpoint
     from StrokeLesionLib.lesion_models.pseudodwi.model import PseudoDWIConfig, PseudoDWINet, parameter_counts
+    from training.common.distributed import setup
+    d = setup(args.device)
 
     def log(msg):
-        print(msg, flush=True)
+        if d.is_main:
+            print(msg, flush=True)
 
     config = PseudoDWIConfig(synthesis_inputs=args.synthesis_inputs, slnet_inputs=args.slnet_inputs,
                              slnet_norm=args.slnet_norm, slnet_se=not args.no_se,
@@ -228,6 +271,8 @@ def main(argv=None) -> Dict[str, object]:
                         eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
                         context_iters=args.context_iters, seed=args.seed, losses=weights)
     t0 = time.perf_counter()
+    if d.active and not d.is_main:
+        d.barrier()  # rank 0 fills the phantom cache first; the others then read it
     if args.data == "phantom":
         train_seeds = list(range(TRAIN_SEED0, TRAIN_SEED0 + args.n_train))
         val_seeds = list(range(VAL_SEED0, VAL_SEED0 + args.n_val))
@@ -240,17 +285,27 @@ def main(argv=None) -> Dict[str, object]:
         n_val = max(1, int(round(args.val_fraction * len(cases))))
         train, val = cases[n_val:], cases[:n_val]
         train_seeds, val_seeds = [s["name"] for s in train], [s["name"] for s in val]
+    if d.active and d.is_main:
+        d.barrier()
     if args.unweighted_synthesis:
         for s in train:
             s["weight_map"] = np.ones_like(s["weight_map"])
     data_s = time.perf_counter() - t0
     log(f"data: {len(train)} training, {len(val)} validation cases ({data_s:.0f} s)")
+    torch.manual_seed(args.seed)  # the initial weights too come from the seed (they did not before)
     model = PseudoDWINet(config)
     counts = parameter_counts(model)
     log(f"parameters: {counts}")
-    result = run_training(model, train, val, opts, log)
+    result = run_training(model, train, val, opts, log, distributed=d,
+                          state_path=args.out / "state.pt" if args.state_every else None,
+                          state_every=args.state_every, resume=args.resume)
     name = args.name or ("slnet_maps" if args.slnet_inputs == "maps" else "pseudodwi")
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # every iteration's loss (mean over the processes), per rank
+    (args.out / f"losses.rank{d.rank}.json").write_text(json.dumps([h[2] for h in result["history"]]),
+                                                         encoding="utf-8")
+    if not d.is_main:
+        d.close()
+        return {}
     command = "python -m training.pseudodwi.train " + " ".join(sys.argv[1:] if argv is None else argv)
     meta = {"version": f"{name}-dev", "n_parameters": counts["inference"], "parameter_counts": counts,
             "training_command": command,
@@ -260,6 +315,7 @@ def main(argv=None) -> Dict[str, object]:
             "iters_done": result["iters_done"], "train_seconds": round(result["seconds"], 1),
             "data_seconds": round(data_s, 1), "optimizer": "Adam", "lr": opts.lr, "weight_decay": opts.weight_decay,
             "batch_size": opts.batch_size, "crop": opts.crop, "mode": opts.mode, "threads": args.threads,
+            "processes": d.world_size,
             "losses": weights.to_dict(), "date": time.strftime("%Y-%m-%d")}
     path = write_checkpoint({"format": 1, "config": config.to_dict(), "state_dict": model.state_dict(), "meta": meta},
                             args.out / f"{name}.pt")
@@ -270,6 +326,7 @@ def main(argv=None) -> Dict[str, object]:
     (args.out / f"{name}_history.json").write_text(json.dumps(result["history"]) + "\n", encoding="utf-8")
     log(f"saved {args.out / (name + '.pt')}: best validation Dice {result['best_val_dice']:.3f} at iteration "
         f"{result['best_iter']} ({result['iters_done']} iterations, {result['seconds']:.0f} s)")
+    d.close()
     return {"checkpoint": args.out / f"{name}.pt", **meta}
 
 

@@ -11,6 +11,12 @@ is resampled onto the segmenter's grid with its estimated pose (identity with --
 HybridUnet learns generalised Dice + cross-entropy on 2T+1-slice stacks; early stopping on the mean 3D
 validation Dice (aligned grid), the best state is kept.
 
+Under ``torchrun --nproc_per_node N`` both stages run with DistributedDataParallel (each process draws its own
+batches; the global batch is N times ``--batch-size``; training.common.distributed); time limits, early stopping
+and evaluations are decided together. ``--state-every N`` writes ``<out>/state.pt`` (the stage, its network,
+optimiser, schedule, step and every rank's random state); ``--resume <out>/state.pt`` continues that stage (a
+segmenter stage resumes with the alignment network that stage 1 wrote to ``<out>``).
+
 Optimiser: Adam (betas 0.9/0.999): stage 1 lr 1e-3 halved every third of its iterations; stage 2 lr 2e-3
 halved every ``--lr-decay-every`` (400) iterations, batches of 6 slice stacks (``--lesion-fraction``, half
 of them holding infarct), the infarct class weighted ``--lesion-weight`` (1) in the cross-entropy. The shipped
@@ -106,36 +112,77 @@ def random_pose(slices, background, rng: np.random.Generator, config, angle_deg:
         return warp_volumes(slices - bg, torch.from_numpy(pose.astype(np.float32)), slices.shape[-2:], sp, sp) + bg
 
 
+@dataclass
+class Run:
+    """Where a stage runs: the process group, a resumable state file and how often, a state to resume."""
+
+    distributed: object = None
+    state_path: Optional[Path] = None
+    state_every: int = 0
+    resume: Optional[dict] = None
+    """The payload of training.common.distributed.load_state's file, for the stage it names."""
+
+
+def _stage_setup(run: Optional[Run], seed: int, net):
+    """(distributed context, rng, the wrapped network, the network) of a stage."""
+    from training.common.distributed import Distributed, rank_rng, unwrap
+    d = (run.distributed if run is not None else None) or Distributed()
+    rng = rank_rng(seed, d) if d.active else np.random.default_rng(seed)
+    model = d.wrap(net)
+    return d, rng, model, unwrap(model)
+
+
+def _resume_stage(run: Optional[Run], stage: str, d, model, opt, rng, sched, scaler) -> Optional[dict]:
+    """The saved extra of ``stage`` after restoring it, or None when the run does not resume this stage."""
+    from training.common.distributed import load_state
+    if run is None or run.resume is None or run.resume["extra"].get("stage") != stage:
+        return None
+    return load_state(run.resume["path"], d, model, opt, rng, sched, scaler)["extra"]
+
+
+def _save_stage(run: Optional[Run], it: int, d, model, opt, rng, sched, scaler, extra: dict) -> None:
+    from training.common.distributed import save_state
+    if run is not None and run.state_path is not None and run.state_every and it % run.state_every == 0:
+        save_state(run.state_path, d, model, opt, it, rng, sched, scaler, extra={"iteration": it, **extra})
+
+
 def train_alignment(train: Sequence[dict], val: Sequence[dict], config, opts: TrainOptions,
-                    log: Optional[Callable] = None):
+                    log: Optional[Callable] = None, run: Optional[Run] = None):
     """Stage 1 (unsupervised). Returns (net, history dict)."""
     import torch
     from StrokeLesionLib.lesion_models.sean.alignment import AlignmentNet, alignment_losses
     torch.manual_seed(opts.seed)
-    rng = np.random.default_rng(opts.seed)
-    net = AlignmentNet(config)
+    d, rng, model, net = _stage_setup(run, opts.seed, AlignmentNet(config))
     volumes = alignment_grid_volumes(train, config)
     backgrounds = [c["background"] for c in train]
-    opt = torch.optim.Adam(net.parameters(), lr=opts.align_lr)
+    opt = torch.optim.Adam(model.parameters(), lr=opts.align_lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, max(1, opts.align_iters // 3), 0.5)
+    scaler = d.scaler()
     t0 = time.perf_counter()
     history, it = [], 0
+    saved = _resume_stage(run, "alignment", d, model, opt, rng, sched, scaler)
+    if saved is not None:
+        history, it = list(saved["history"]), int(saved["iteration"])
     n_slices = min(v.shape[0] for v in volumes)
-    for it in range(1, opts.align_iters + 1):
-        net.train()
+    for it in range(it + 1, opts.align_iters + 1):
+        model.train()
         x, bg = (torch.from_numpy(a) for a in alignment_batch(volumes, backgrounds, rng, opts.align_batch,
                                                                min(6, n_slices)))
         x = random_pose(x, bg, rng, config, opts.augment_angle_deg, opts.augment_shift_mm)
-        terms = alignment_losses(x, net(x, bg), bg, config)
+        x, bg = x.to(d.device), bg.to(d.device)
+        with d.autocast():
+            terms = alignment_losses(x, model(x, bg), bg, config)
         opt.zero_grad()
-        terms["total"].backward()
-        opt.step()
+        scaler.scale(terms["total"]).backward()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
-        history.append(terms["total"].item())
+        history.append(d.mean(terms["total"].item()))
         if log and it % 50 == 0:
             log(f"alignment {it}: loss {np.mean(history[-50:]):.4f} (symmetry {terms['symmetry'].item():.4f}, "
                 f"restoration {terms['restoration'].item():.4f})")
-        if time.perf_counter() - t0 > opts.align_minutes * 60.0:
+        _save_stage(run, it, d, model, opt, rng, sched, scaler, {"stage": "alignment", "history": history})
+        if d.mean(float(time.perf_counter() - t0 > opts.align_minutes * 60.0)) > 0:
             break
     net.eval()
     err = angle_errors(net, val)
@@ -176,44 +223,54 @@ def validation_dice(net, volumes, labels) -> float:
 
 
 def train_segmenter(config, train_vols, train_labs, val_vols, val_labs, opts: TrainOptions,
-                    log: Optional[Callable] = None):
+                    log: Optional[Callable] = None, run: Optional[Run] = None):
     """Stage 2. Returns (net in its best validation state, history dict)."""
     import torch
     from StrokeLesionLib.lesion_models.sean.model import HybridUNet
     from training.lesion_data.segmentation_losses import generalised_dice_loss, one_hot, weighted_cross_entropy
     torch.manual_seed(opts.seed + 1)
-    rng = np.random.default_rng(opts.seed + 1)
-    net = HybridUNet(config)
-    opt = torch.optim.Adam(net.parameters(), lr=opts.lr)
+    d, rng, model, net = _stage_setup(run, opts.seed + 1, HybridUNet(config))
+    opt = torch.optim.Adam(model.parameters(), lr=opts.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, opts.lr_decay_every, 0.5) if opts.lr_decay_every else None
+    scaler = d.scaler()
     t0 = time.perf_counter()
     history, best, bad, it = [], {"dice": -1.0, "iter": 0, "state": None}, 0, 0
-    for it in range(1, opts.seg_iters + 1):
-        net.train()
-        x, y = (torch.from_numpy(a) for a in segmentation_batch(train_vols, train_labs, rng, config.context_slices,
-                                                                opts.batch_size, opts.lesion_fraction))
-        logits = net(x)
-        loss = (generalised_dice_loss(torch.softmax(logits, 1), one_hot(y, 2))
-                + weighted_cross_entropy(logits, y, (1.0, opts.lesion_weight)))
+    saved = _resume_stage(run, "segmenter", d, model, opt, rng, sched, scaler)
+    if saved is not None:
+        history, bad, it = list(saved["history"]), int(saved["bad"]), int(saved["iteration"])
+        best = {"dice": float(saved["best_dice"]), "iter": int(saved["best_iter"]), "state": saved.get("best_state")}
+    for it in range(it + 1, opts.seg_iters + 1):
+        model.train()
+        x, y = (torch.from_numpy(a).to(d.device) for a in segmentation_batch(
+            train_vols, train_labs, rng, config.context_slices, opts.batch_size, opts.lesion_fraction))
+        with d.autocast():
+            logits = model(x).float()
+            loss = (generalised_dice_loss(torch.softmax(logits, 1), one_hot(y, 2))
+                    + weighted_cross_entropy(logits, y, (1.0, opts.lesion_weight)))
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         if sched is not None:
             sched.step()
-        history.append(loss.item())
-        out_of_time = time.perf_counter() - t0 > opts.seg_minutes * 60.0
+        history.append(d.mean(loss.item()))
+        out_of_time = d.mean(float(time.perf_counter() - t0 > opts.seg_minutes * 60.0)) > 0
         if val_vols and (it % opts.eval_every == 0 or it == opts.seg_iters or out_of_time):
-            d = validation_dice(net, val_vols, val_labs)
-            if d > best["dice"]:
-                best = {"dice": d, "iter": it, "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+            score = validation_dice(net, val_vols, val_labs)
+            if score > best["dice"]:
+                best = {"dice": score, "iter": it,
+                        "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
                 bad = 0
             else:
                 bad += 1
             if log:
-                log(f"segmenter {it}: loss {np.mean(history[-opts.eval_every:]):.4f}, validation Dice {d:.3f} "
+                log(f"segmenter {it}: loss {np.mean(history[-opts.eval_every:]):.4f}, validation Dice {score:.3f} "
                     f"(best {best['dice']:.3f} at {best['iter']}), {time.perf_counter() - t0:.0f} s")
             if bad >= opts.patience:
                 break
+        _save_stage(run, it, d, model, opt, rng, sched, scaler, {
+            "stage": "segmenter", "history": history, "bad": bad, "best_dice": best["dice"], "best_iter": best["iter"],
+            **({"best_state": best["state"]} if best["state"] is not None else {})})
         if out_of_time:
             break
     if best["state"] is not None:
@@ -277,6 +334,10 @@ def parse_args(argv):
     p.add_argument("--max-minutes", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="cuda: one GPU per process under torchrun (NCCL, float16 autocast); cpu: gloo")
+    p.add_argument("--state-every", type=int, default=0, help="iterations between resumable states (0: none)")
+    p.add_argument("--resume", type=Path, help="a state.pt to continue from (same number of processes)")
     return p.parse_args(argv)
 
 
@@ -286,18 +347,26 @@ def main(argv=None) -> dict:
     from AIFSelectorLib.models.weights import load_checkpoint
     from StrokeLesionLib.lesion_models.sean.alignment import AlignmentConfig, build_alignment
     from StrokeLesionLib.lesion_models.sean.model import SEANConfig
+    from training.common.distributed import setup
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    d = setup(args.device)
+    resume = None
+    if args.resume is not None:
+        resume = {"path": args.resume, "extra": torch.load(args.resume, map_location="cpu", weights_only=True)["extra"]}
+    run = Run(d, args.out / "state.pt" if args.state_every else None, args.state_every, resume)
 
     def log(msg):
-        print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
+        if d.is_main:
+            print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
 
     seg_cfg = SEANConfig(context_slices=args.context_slices, widths=tuple(args.widths),
                          partitions=tuple(args.partitions), attention=args.attention, aligned=not args.no_alignment)
     data = load_cases(args, log)
     train = normalised_cases(data["train"], seg_cfg.hu_window)
     val = normalised_cases(data["val"], seg_cfg.hu_window)
-    train_alignment_here = not args.no_alignment and args.alignment_from is None
+    resumes_segmenter = resume is not None and resume["extra"].get("stage") == "segmenter"
+    train_alignment_here = not args.no_alignment and args.alignment_from is None and not resumes_segmenter
     align_minutes = args.max_minutes * args.align_fraction if train_alignment_here else 0.0
     opts = TrainOptions(align_iters=args.align_iters, align_minutes=align_minutes, seg_iters=args.iters, lr=args.lr,
                         lr_decay_every=args.lr_decay_every, batch_size=args.batch_size, eval_every=args.eval_every,
@@ -309,12 +378,20 @@ def main(argv=None) -> dict:
         train_poses, val_poses = np.zeros((len(train), 3)), np.zeros((len(val), 3))
     else:
         if train_alignment_here:
-            align, info = train_alignment(train, val, AlignmentConfig(hu_window=seg_cfg.hu_window), opts, log)
+            align, info = train_alignment(train, val, AlignmentConfig(hu_window=seg_cfg.hu_window), opts, log, run)
             history = info.pop("history")
-            save_checkpoint(align, args.out / f"{args.alignment_name}.pt",
-                            {"version": f"{args.alignment_name}-{VERSION}", "training_command": command, **data["meta"],
-                             **info, "loss_history_every_10": history[::10], "threads": args.threads})
+            if d.is_main:
+                save_checkpoint(align, args.out / f"{args.alignment_name}.pt",
+                                {"version": f"{args.alignment_name}-{VERSION}", "training_command": command,
+                                 **data["meta"], **info, "loss_history_every_10": history[::10],
+                                 "threads": args.threads, "processes": d.world_size})
+            d.barrier()
             result["alignment"] = info
+        elif resumes_segmenter and args.alignment_from is None:  # the alignment stage 1 of this run wrote
+            saved = torch.load(args.out / f"{args.alignment_name}.pt", map_location="cpu", weights_only=True)
+            align = build_alignment(saved["config"])
+            align.load_state_dict(saved["state_dict"])
+            align.eval()
         else:
             align, _ = load_checkpoint(args.alignment_name, build_alignment, folder=args.alignment_from,
                                        label="SEAN alignment")
@@ -323,15 +400,19 @@ def main(argv=None) -> dict:
     val_vols, val_labs = aligned_volumes(val, val_poses, seg_cfg)
     opts.seg_minutes = max(0.1, args.max_minutes - (time.perf_counter() - t_start) / 60.0)
     log(f"segmenter: attention {seg_cfg.attention}, aligned {seg_cfg.aligned}, {opts.seg_minutes:.1f} min")
-    net, info = train_segmenter(seg_cfg, train_vols, train_labs, val_vols, val_labs, opts, log)
+    net, info = train_segmenter(seg_cfg, train_vols, train_labs, val_vols, val_labs, opts, log, run)
     history = info.pop("history")
-    save_checkpoint(net, args.out / f"{args.name}.pt",
-                    {"version": f"{args.name}-{VERSION}", "training_command": command, **data["meta"], **info,
-                     "loss_history_every_10": history[::10], "threads": args.threads,
-                     "total_train_seconds": round(time.perf_counter() - t_start, 1)})
+    args.out.mkdir(parents=True, exist_ok=True)  # every iteration's loss (mean over the processes), per rank
+    (args.out / f"losses.rank{d.rank}.json").write_text(json.dumps(history), encoding="utf-8")
     result["segmenter"] = info
-    log(f"saved {args.out / (args.name + '.pt')}: best validation Dice {info['best_val_dice']:.3f}")
-    print(json.dumps({k: {kk: vv for kk, vv in v.items()} for k, v in result.items()}, default=str))
+    if d.is_main:
+        save_checkpoint(net, args.out / f"{args.name}.pt",
+                        {"version": f"{args.name}-{VERSION}", "training_command": command, **data["meta"], **info,
+                         "loss_history_every_10": history[::10], "threads": args.threads,
+                         "processes": d.world_size, "total_train_seconds": round(time.perf_counter() - t_start, 1)})
+        log(f"saved {args.out / (args.name + '.pt')}: best validation Dice {info['best_val_dice']:.3f}")
+        print(json.dumps({k: {kk: vv for kk, vv in v.items()} for k, v in result.items()}, default=str))
+    d.close()
     return result
 
 
