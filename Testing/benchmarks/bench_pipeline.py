@@ -125,6 +125,14 @@ def _timed_process(args, env=None):
     return float(seconds), float(peak)
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
 def _find_osipy(given):
     import shutil
     import subprocess
@@ -175,6 +183,12 @@ def whole_processes(osipy_python=None):
         input_mb = 8 * 256 * 256 * 48 * 4 / 2**20  # the series as float32 in memory
         out["run_peak_over_input"] = peak / input_mb
         out["figure_s"] = report["timings_s"].get("figure")
+        if _cuda_available():
+            cuda_args = run_args + ["--device", "cuda"]
+            _timed_process(cuda_args + ["--out", work / "run-cuda-warm"])
+            out["run_cuda_s"], _ = _timed_process(cuda_args + ["--out", work / "run-cuda"])
+            out["run_cuda_stages_s"] = json.loads((work / "run-cuda" / "report.json").read_text(
+                encoding="utf-8"))["timings_s"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"maps, whole process, 256x256x16x48 ({100 * out['mask_fraction']:.0f} % of voxels in the brain mask), "
@@ -190,6 +204,11 @@ def whole_processes(osipy_python=None):
           + ", ".join(f"{k} {v:.2f}" for k, v in out["run_stages_s"].items()))
     print(f"run, peak resident memory: {out['run_peak_over_input']:.1f}x the float32 input (target <= "
           f"{TARGETS['run_peak_over_input']:g}x: {'met' if out['run_peak_over_input'] <= TARGETS['run_peak_over_input'] else 'NOT met'})")
+    if "run_cuda_s" in out:
+        print(f"run --device cuda, whole process: {out['run_cuda_s']:.2f} s (target <= 1 s after warm-up on one "
+              "H100); stages " + ", ".join(f"{k} {v:.2f}" for k, v in out["run_cuda_stages_s"].items()))
+    else:
+        print("run --device cuda: no CUDA device on this machine (the GPU targets are not measured here)")
     if out.get("figure_s") is not None:
         print(f"report.png: {out['figure_s']:.2f} s (target <= {TARGETS['figure_s']:g} s: "
               f"{'met' if out['figure_s'] <= TARGETS['figure_s'] else 'NOT met'})")
