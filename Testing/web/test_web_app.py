@@ -196,3 +196,23 @@ def test_the_deep_lesion_model_becomes_a_segment(small_ctp, app):
     lesion = app.session.lesion.segmentMask(role="lesion")
     voxel_ml = app.session.series().geometry.voxel_volume_ml
     assert app.state.volumes["lesion_ml"] == pytest.approx(lesion.sum() * voxel_ml, abs=0.01)
+
+
+def test_an_exported_scene_reopens_with_its_segments(small_ctp, tmp_path, app):
+    run(app.open_path(small_ctp))
+    app.state.selector = "classic"
+    run(app.select_input_functions())
+    run(app.compute_maps())
+    run(app.create_segments())
+    volumes = dict(app.state.volumes)
+    app.export()
+    folder = app.state.exports[0]["folder"]
+    other = new_app()
+    try:
+        run(other.open_path(folder))  # an export folder holds scene.mrb
+        assert other.state.error_message == ""
+        assert other.state.case_loaded and other.state.maps_ready and other.state.segments_ready
+        assert other.state.volumes["core_ml"] == pytest.approx(volumes["core_ml"], abs=0.01)
+        assert other.state.curves["aif_hu"] == app.state.curves["aif_hu"]
+    finally:
+        other.close()

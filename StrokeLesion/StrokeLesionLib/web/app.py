@@ -211,8 +211,8 @@ class StrokeLesionWebApp:
     def open_scene(self, path: Path) -> None:
         """A scene bundle written by the Slicer modules, `strokelesion run --scene` or this app's export."""
         self._new_case()
-        if not self.slicer_app.app_logic.OpenSlicerDataBundle(str(Path(path).absolute()),
-                                                             str(self._work / "bundle")):
+        unpacked = tempfile.mkdtemp(prefix="bundle-", dir=self._work)  # a new folder per bundle opened
+        if not self.slicer_app.app_logic.OpenSlicerDataBundle(str(Path(path).absolute()), unpacked):
             raise InputError(f"{path.name} is not a readable Slicer scene bundle")
         self.session = ReviewSession(self.slicer_app.scene)
         if not self.session.loaded:
