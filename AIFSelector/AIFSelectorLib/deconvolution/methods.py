@@ -129,6 +129,9 @@ class _Numpy:
         """x[i, idx[i]] for every row i."""
         return np.take_along_axis(x, idx[:, None], axis=-1)[:, 0]
 
+    def index_zeros(self, n):
+        return np.zeros(n, np.int64)
+
 
 class _Torch:
     """The same operations in torch on one device."""
@@ -160,6 +163,9 @@ class _Torch:
 
     def take(self, x, idx):
         return self.torch.gather(x, -1, idx[:, None])[:, 0]
+
+    def index_zeros(self, n):
+        return self.torch.zeros(n, dtype=self.torch.long, device=self.device)
 
 
 def refinement(dt_s: float) -> int:
@@ -272,8 +278,11 @@ def deconvolve(tissue, aif, dt_s, method="osvd", *, device=None, chunk_voxels=CH
     elif method == "osvd":
         thresholds = np.sort(np.asarray(opts["thresholds"], np.float64))[::-1]  # largest (smoothest) first
         phi = (s[None] >= thresholds[:, None] * s.max()).astype(np.float64)
-        added = [None] + [be.array(np.flatnonzero(phi[j] > phi[j - 1])) for j in range(1, len(phi))]
-        unfiltered_inverse = be.array(_inverse(lam, (s > 0).astype(np.float64)))
+        if opts["search"] not in ("bisection", "ladder"):
+            raise ValueError(f"unknown search {opts['search']!r}: use 'bisection' or 'ladder'")
+        if opts["search"] == "ladder":  # the frequencies each lower threshold adds, and their unfiltered inverse
+            added = [None] + [be.array(np.flatnonzero(phi[j] > phi[j - 1])) for j in range(1, len(phi))]
+            unfiltered_inverse = be.array(_inverse(lam, (s > 0).astype(np.float64)))
         # OI < target * (dt / 1 s)^2, written without a division (max k <= 0 never passes)
         oi_bound = opts["oi_target"] * dt_s ** 2 * n_pad
     else:
@@ -303,6 +312,11 @@ def deconvolve(tissue, aif, dt_s, method="osvd", *, device=None, chunk_voxels=CH
     n_rows = len(phi)
     chunk = max(1, int(chunk_voxels))
 
+    def passes_oi(trial):
+        """OI < target, for residues (n, L) on the padded grid."""
+        slope = trial[:, 1:] - trial[:, :-1]
+        return abs(slope[:, 1:] - slope[:, :-1]).sum(-1) < oi_bound * be.max(trial)
+
     def one_chunk(start: int) -> None:
         stop = min(start + chunk, n_vox)
         block = np.asarray(tissue[start:stop], dtype=np.float32)
@@ -311,32 +325,25 @@ def deconvolve(tissue, aif, dt_s, method="osvd", *, device=None, chunk_voxels=CH
         spec = be.rfft(be.array(block), n_pad)
         choice = 0
         if method == "osvd":
-            # walk down the threshold ladder, adding the frequencies that each lower threshold lets through;
-            # choice ends as the smallest threshold whose residue passes the OI test (0, the largest, if none)
-            if opts.get("search", "ladder") == "bisection":
-                lo = be.where(spec[:, 0].real > np.inf, 1, 0)  # (chunk,) zeros: the largest threshold passes
+            # choice: the smallest threshold whose residue passes the OI test (0, the largest, if none does)
+            if opts["search"] == "bisection":
+                lo = be.index_zeros(stop - start)
                 hi = lo + (n_rows - 1)
                 while True:
                     active = lo < hi
                     if not active.any():
                         break
                     mid = (lo + hi + 1) // 2
-                    trial = be.irfft(spec * inverses[mid], n_pad)
-                    slope = trial[:, 1:] - trial[:, :-1]
-                    oscillation = abs(slope[:, 1:] - slope[:, :-1]).sum(-1)
-                    passes = oscillation < oi_bound * be.max(trial)
+                    passes = passes_oi(be.irfft(spec * inverses[mid], n_pad))
                     lo = be.where(active & passes, mid, lo)
                     hi = be.where(active & ~passes, mid - 1, hi)
                 choice = lo
-            else:
+            else:  # down the ladder, adding the frequencies that each lower threshold lets through
                 unfiltered = spec * unfiltered_inverse
                 trial_spec = spec * inverses[0]
                 for j in range(1, n_rows):
                     trial_spec[:, added[j]] = unfiltered[:, added[j]]
-                    trial = be.irfft(trial_spec, n_pad)
-                    slope = trial[:, 1:] - trial[:, :-1]
-                    oscillation = abs(slope[:, 1:] - slope[:, :-1]).sum(-1)
-                    choice = be.where(oscillation < oi_bound * be.max(trial), j, choice)
+                    choice = be.where(passes_oi(be.irfft(trial_spec, n_pad)), j, choice)
         elif method == "tikhonov":
             norm = (spec.real ** 2 + spec.imag ** 2) @ norms
             if opts["criterion"] == "gcv":

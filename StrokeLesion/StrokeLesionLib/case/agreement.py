@@ -12,7 +12,6 @@ limits of agreement (bias +/- 1.96 SD of the differences; Bland & Altman 1986), 
 Written as ``agreement.csv`` (per case), ``agreement_summary.csv`` (per measure) and ``agreement.png``
 (Bland-Altman and scatter plots), each atomically.
 """
-import csv
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -24,6 +23,7 @@ from AIFSelectorLib.io.volume_io import atomic_path, read_volume
 from AIFSelectorLib.maps.perfusion_maps import relative_maps
 from AIFSelectorLib.thresholds.decision import Thresholds, decide
 
+from StrokeLesionLib.case.batch import write_csv
 from StrokeLesionLib.metrics import dice
 
 REFERENCES = ("isles2018",)
@@ -112,15 +112,6 @@ def cohort_summary(rows: List[dict]) -> List[dict]:
     return out
 
 
-def _write_csv(path: Path, rows: List[dict], columns: Sequence[str]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
-
-
 def plot_agreement(path: Path, rows: List[dict], summary: List[dict]) -> None:
     """Bland-Altman (difference against mean) and scatter (ours against the reference) for core and Tmax."""
     import matplotlib
@@ -172,8 +163,8 @@ def write_agreement(out: Path, cases, rows_by_id: Dict[str, dict], thresholds: T
         except InputError as e:
             skipped.append({"case_id": case.case_id, "note": str(e)})
     summary = cohort_summary(rows) if rows else []
-    _write_csv(Path(out) / "agreement.csv", rows + skipped, CASE_COLUMNS + ("note",))
-    _write_csv(Path(out) / "agreement_summary.csv", summary, SUMMARY_COLUMNS)
+    write_csv(Path(out) / "agreement.csv", rows + skipped, CASE_COLUMNS + ("note",))
+    write_csv(Path(out) / "agreement_summary.csv", summary, SUMMARY_COLUMNS)
     if rows:
         plot_agreement(Path(out) / "agreement.png", rows, summary)
     return summary

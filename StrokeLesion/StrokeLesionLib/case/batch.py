@@ -232,9 +232,14 @@ def run_batch(cases: Sequence[Case], out, options: Sequence[str], workers: int =
             if cluster is not None:
                 cluster.close()
     ordered = [rows[c.case_id] for c in cases]
-    with atomic_path(out / "summary.csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-            writer.writeheader()
-            writer.writerows(ordered)
+    write_csv(out / "summary.csv", ordered, SUMMARY_COLUMNS)
     return ordered
+
+
+def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """``rows`` under the header ``columns`` (None and missing values empty), written atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)

@@ -399,10 +399,16 @@ class StrokeLesionWebApp:
             markups.disable_place_mode()
 
     def _observe_picks(self, node) -> None:
-        if any(n is node for n, _ in self._observed):
+        self._observe(node, (node.PointPositionDefinedEvent, node.PointModifiedEvent, node.PointRemovedEvent),
+                      lambda *_: self._refresh_curves())
+
+    def _observe(self, obj, events, callback) -> None:
+        """``callback`` on each of ``events`` of ``obj``, once: an object already observed is left as it is
+        (a segmentation or a point list activated again would otherwise call back several times)."""
+        if any(o is obj for o, _ in self._observed):
             return
-        for event in (node.PointPositionDefinedEvent, node.PointModifiedEvent, node.PointRemovedEvent):
-            self._observed.append((node, node.AddObserver(event, lambda *_: self._refresh_curves())))
+        for event in events:
+            self._observed.append((obj, obj.AddObserver(event, callback)))
 
     def _on_radius(self, radius_vox, **_):
         if self.state.input_functions_ready:
@@ -492,11 +498,9 @@ class StrokeLesionWebApp:
         editor.set_active_segmentation(seg, self.session.aif.mapVolume("rcbf"))
         editor.set_surface_representation_enabled(False)
         self.session.lesion.showPreview(False)
-        segmentation = seg.GetSegmentation()
-        for event in ("SourceRepresentationModified", "SegmentAdded", "SegmentRemoved"):
-            event_id = getattr(slicer.vtkSegmentation, event, None)
-            if event_id is not None:
-                self._observed.append((segmentation, segmentation.AddObserver(event_id, self._schedule_volumes)))
+        events = [getattr(slicer.vtkSegmentation, e) for e in ("SourceRepresentationModified", "SegmentAdded",
+                                                               "SegmentRemoved") if hasattr(slicer.vtkSegmentation, e)]
+        self._observe(seg.GetSegmentation(), events, self._schedule_volumes)
         self.state.segments_ready = True
         self.state.segmentation_name = seg.GetName()
         self._on_segment_tool(self.state.segment_role, self.state.segment_tool, self.state.brush_mm)

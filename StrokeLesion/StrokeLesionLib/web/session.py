@@ -61,8 +61,6 @@ class ReviewSession:
         self.source = ""
         self.note = ""
         self.perfusion = None
-        self.lesion_mask: Optional[np.ndarray] = None
-        self.lesion_info: Dict[str, object] = {}
         self.timings = Timings()
 
     # ---------------------------------------------------------------------------------------------- case
@@ -72,13 +70,9 @@ class ReviewSession:
         return self.aif.getNode("inputSequence") is not None
 
     def load_series(self, series, name: str, source: str, note: str = ""):
-        """Puts a CTP series (uniform frames) into the scene as a volume sequence; returns the proxy volume."""
-        self.aif.cleanup()
-        self.aif = AIFSelectorLogic(self.scene)
-        self.lesion = StrokeLesionLogic(self.scene)
-        self.perfusion, self.lesion_mask, self.lesion_info = None, None, {}
+        """Puts a CTP series (uniform frames) into the scene as a volume sequence; returns the proxy volume.
+        A session holds one case: load it into a new session (on a cleared scene)."""
         self.source, self.note = source, note
-        self.timings = Timings()
         self.aif.addSeries(series, name)
         return self.aif.inputProxyVolume()
 
@@ -265,8 +259,6 @@ class ReviewSession:
         edited = self.lesion.editedSegments()
         self.lesion.setParameter("lesionModel", model)
         core, penumbra = self.lesion.computeMasks()
-        if lesion_mask is not None:
-            self.lesion_mask = lesion_mask
         node = self.lesion.segment(core, penumbra, lesion_mask)
         self.lesion.showPreview(False)
         return node, edited
