@@ -134,20 +134,30 @@ class WebApp:
 
     # ------------------------------------------------------------------------------------------ views
 
-    def view_element(self):
-        """The review view's image element (the largest remote-rendered image on the page)."""
-        return self.driver.execute_script("""
+    def view_element(self, timeout_s=30):
+        """The review view's image element (the largest remote-rendered image on the page). After a layout
+        change the views are rebuilt, so it waits until one is on the page with a non-zero size."""
+        return self.wait(lambda: self.driver.execute_script("""
             let best = null, area = 0;
             for (const el of document.querySelectorAll('#views img, #views canvas, #views video')) {
                 const r = el.getBoundingClientRect();
                 if (r.width * r.height > area) { area = r.width * r.height; best = el; }
             }
-            return best;""")
+            return best;"""), timeout_s, "a rendered view on the page")
 
-    def view_rect(self):
-        return self.driver.execute_script(
-            "const r = arguments[0].getBoundingClientRect(); return [r.left, r.top, r.width, r.height];",
-            self.view_element())
+    def view_rect(self, attempts=5):
+        """(left, top, width, height) of the review view in page pixels; looked up again when the page
+        re-rendered it between the lookup and the measurement."""
+        from selenium.common.exceptions import JavascriptException, StaleElementReferenceException
+        for attempt in range(attempts):
+            try:
+                return self.driver.execute_script(
+                    "const r = arguments[0].getBoundingClientRect(); return [r.left, r.top, r.width, r.height];",
+                    self.view_element())
+            except (JavascriptException, StaleElementReferenceException):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.3)
 
     def screenshot(self, path=None):
         """The page as an (h, w, 3) uint8 array (and a PNG file at ``path``)."""

@@ -132,6 +132,7 @@ def test_click_on_an_artery_corrects_the_aif_and_recompute_changes_the_maps(phan
         automatic = web.state("maps_summary")
         assert automatic["aif_source"] == "automatic"
         web.click("layout-review")
+        web.wait(lambda: web.state("layout") == "review", 10, "the review layout")
         z = displayed_slice(web, case)
         target = central_artery_voxel(case, z)
         curves = web.state("curves")
@@ -174,6 +175,7 @@ def test_paint_into_core_changes_the_volume_and_the_export_keeps_it(phantom, tmp
         web.wait_idle("segments_ready")
         before = web.state("volumes")["core_ml"]
         web.click("layout-review")
+        web.wait(lambda: web.state("layout") == "review", 10, "the review layout")
         web.click("role-core")
         web.click("tool-paint")
         web.wait(lambda: web.state("segment_tool") == "paint", 10)
