@@ -118,12 +118,11 @@ class WebApp:
 
     def click(self, element_id, attempts=5):
         """Clicks the control ``element_id``; the page re-renders as state changes, so an element found a
-        moment ago may be gone: it is looked up again."""
+        moment ago may be gone: it is looked up again (and waited for until the page shows it)."""
         from selenium.common.exceptions import StaleElementReferenceException
-        from selenium.webdriver.common.by import By
         for attempt in range(attempts):
             try:
-                element = self.driver.find_element(By.ID, element_id)
+                element = self.find(f"#{element_id}")
                 self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
                 element.click()
                 return
@@ -131,6 +130,18 @@ class WebApp:
                 if attempt == attempts - 1:
                     raise
                 time.sleep(0.2)
+
+    def find(self, css, timeout_s=60):
+        """The first element matching ``css``, waiting until the page has rendered it."""
+        from selenium.common.exceptions import NoSuchElementException
+        from selenium.webdriver.common.by import By
+
+        def present():
+            try:
+                return self.driver.find_element(By.CSS_SELECTOR, css)
+            except NoSuchElementException:
+                return None
+        return self.wait(present, timeout_s, f"the element {css!r} on the page")
 
     # ------------------------------------------------------------------------------------------ views
 

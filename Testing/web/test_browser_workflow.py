@@ -185,7 +185,7 @@ def test_paint_into_core_changes_the_volume_and_the_export_keeps_it(phantom, tmp
         web.drag([(left + w * 0.42 + 6 * i, top + h * 0.5 + 3 * i) for i in range(12)])
         web.wait(lambda: web.state("volumes")["core_ml"] > before + 0.5, 30, "the painted Core volume")
         after = web.state("volumes")["core_ml"]
-        shown = web.driver.find_element("id", "volume-core_ml").text
+        shown = web.find("#volume-core_ml").text
         assert float(shown) == pytest.approx(after)
         shot(web, "05-painted-core")
         web.click("tool-none")
@@ -213,15 +213,15 @@ def test_invalid_upload_gives_a_message_and_the_app_keeps_working(tmp_path):
     bad.write_bytes(b"\x1f\x8b this is not a CT perfusion series")
     with WebApp(None, tmp_path / "web") as web:
         web.wait(lambda: web.state("status_message") is not None, 60, "the page")
-        upload = web.driver.find_element("css selector", "#upload input[type=file], input[type=file]")
+        upload = web.find("#upload input[type=file], input[type=file]")
         upload.send_keys(str(bad))
         error = web.wait(lambda: web.state("error_message"), 60, "the error message")
         assert "broken.nii.gz" in error and "Traceback" not in error and "\n" not in error
         assert not web.state("case_loaded")
-        assert web.driver.find_element("id", "error").is_displayed()
+        assert web.find("#error").is_displayed()
         shot(web, "06-invalid-upload")
         web.set_state("error_message", "")
-        web.driver.find_element("css selector", "input[type=file]").send_keys(str(good))
+        web.find("input[type=file]").send_keys(str(good))
         web.wait_idle("case_loaded", 120)
         assert "4 slices of 64 x 64" in web.state("source_info")
         assert bad.read_bytes().startswith(b"\x1f\x8b this")  # the user's files are untouched
