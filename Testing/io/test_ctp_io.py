@@ -471,3 +471,29 @@ def test_resample_uniform():
     np.testing.assert_allclose(resample_uniform(uniform, dt_s=0.75).times_s, np.arange(0, 16.6, 0.75))
     fine = np.array([0.0, 0.1, 0.2] + list(np.arange(1.0, 12.0)))
     np.testing.assert_allclose(np.diff(uniform_grid(fine)), 0.5)  # never finer than 0.5 s by default
+
+
+def test_nifti_gzip_inflate_members_fallback_and_corruption(tmp_path, monkeypatch):
+    """.nii.gz voxels are inflated straight into the array (python-isal when installed, else zlib): the same
+    voxels either way, a file of several gzip members (as pigz or concatenation write) reads whole, and a
+    damaged byte inside the stream is one InputError line, not wrong voxels."""
+    import zlib
+    from AIFSelectorLib.io import nifti
+    series = make_series(shape=(6, 16, 16), dtype=np.int16)
+    path = write_series_nifti(tmp_path / "ctp.nii.gz", series)
+    read = load_ctp(path).data
+    np.testing.assert_array_equal(read, series.data)
+    monkeypatch.setattr(nifti, "_inflater", lambda: (zlib.decompressobj, zlib.error))
+    np.testing.assert_array_equal(load_ctp(path).data, read)
+    monkeypatch.setattr(nifti, "INFLATE_BLOCK_BYTES", 999)  # members and blocks split at odd places
+    raw = gzip.decompress(path.read_bytes())
+    parts = [raw[:1000], raw[1000:5001], raw[5001:]]
+    members = tmp_path / "members.nii.gz"
+    members.write_bytes(b"".join(gzip.compress(p) for p in parts))
+    np.testing.assert_array_equal(load_ctp(members).data, read)
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    bad = tmp_path / "damaged.nii.gz"
+    bad.write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match=r"^cannot read damaged\.nii\.gz: the file is truncated or corrupted"):
+        load_ctp(bad)

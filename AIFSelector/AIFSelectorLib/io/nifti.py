@@ -261,14 +261,76 @@ def geometry_of_affine(affine_ras: np.ndarray, header, name: str) -> VolumeGeome
     return VolumeGeometry(tuple(spacing), tuple(m[:, 3]), direction)
 
 
-def read_array(img, dtype_scaled=np.float32) -> np.ndarray:
-    """The voxels (x, y, z[, t]) of a checked image in the file's dtype, or float32 when the header scales
-    them (scl_slope/scl_inter), without nibabel's float64 promotion."""
+def _inflater():
+    """zlib's ``decompressobj`` from python-isal (Intel ISA-L: about twice as fast as zlib at inflating, the
+    same bytes) when it is installed, else from the standard library (Slicer's bundled Python)."""
     try:
-        raw = np.asarray(img.dataobj.get_unscaled())
+        from isal import isal_zlib
+        return isal_zlib.decompressobj, isal_zlib.error
+    except ImportError:
+        return zlib.decompressobj, zlib.error
+
+
+INFLATE_BLOCK_BYTES = 1 << 22
+"""Compressed bytes read per step of :func:`inflate_gzip` (a few MB: few Python steps, little memory)."""
+
+
+def inflate_gzip(path: Path, offset: int, nbytes: int) -> np.ndarray:
+    """Bytes ``offset`` to ``offset + nbytes`` of the decompressed gzip file ``path`` as a writable uint8 array,
+    decompressed straight into it block by block (members one after the other, each one's CRC and length
+    checked by the inflater). InputError when the stream is corrupted or ends early."""
+    decompressobj, error = _inflater()
+    out = np.empty(nbytes, np.uint8)
+    skip, got = offset, 0
+    bad = f"cannot read {path.name}: the file is truncated or corrupted"
+    try:
+        with open(path, "rb") as f:
+            inflater, pending = decompressobj(31), b""
+            while got < nbytes:
+                chunk = pending or f.read(INFLATE_BLOCK_BYTES)
+                pending = b""
+                if not chunk:
+                    break
+                if inflater.eof:  # a new member starts
+                    inflater = decompressobj(31)
+                data = inflater.decompress(chunk)
+                if inflater.eof:
+                    pending = inflater.unused_data
+                if skip:
+                    cut = min(skip, len(data))
+                    data, skip = data[cut:], skip - cut
+                take = min(len(data), nbytes - got)
+                out[got:got + take] = np.frombuffer(data, np.uint8, take)
+                got += take
+    except (OSError, error) as e:
+        raise InputError(f"{bad} ({e})") from None
+    if got < nbytes:
+        raise InputError(f"{bad} ({got} of {nbytes} voxel bytes)")
+    return out
+
+
+def _voxels(img) -> np.ndarray:
+    """The unscaled voxels (x, y, z[, t]) of a checked image in the file's dtype; a gzip file is inflated by
+    :func:`inflate_gzip` (nibabel's reader inflates through the gzip module, at about half the speed)."""
+    proxy = img.dataobj
+    data_file = Path(img.file_map["image"].filename)
+    if _is_gzip(data_file):
+        dtype = np.dtype(proxy.dtype)
+        shape = tuple(int(d) for d in proxy.shape)
+        n = int(np.prod(shape, dtype=np.int64))
+        raw = inflate_gzip(data_file, int(proxy.offset), n * dtype.itemsize)
+        return raw.view(dtype).reshape(shape, order=proxy.order)
+    try:
+        return np.asarray(proxy.get_unscaled())
     except (OSError, EOFError, zlib.error, ValueError):
         raise InputError(f"cannot read {Path(img.get_filename()).name}: the file is truncated or "
                          f"corrupted") from None
+
+
+def read_array(img, dtype_scaled=np.float32) -> np.ndarray:
+    """The voxels (x, y, z[, t]) of a checked image in the file's dtype, or float32 when the header scales
+    them (scl_slope/scl_inter), without nibabel's float64 promotion."""
+    raw = _voxels(img)
     slope, inter = img.dataobj.slope, img.dataobj.inter
     if np.isfinite(slope) and slope != 0 and (slope != 1 or (np.isfinite(inter) and inter != 0)):
         scaled = raw.astype(dtype_scaled if raw.dtype != np.float64 else np.float64)
