@@ -138,6 +138,10 @@ def test_slab_wise_pvol_equals_one_whole_volume_pass():
     assert inf.z_halo(model) >= 4
     np.testing.assert_allclose(slabbed, whole, rtol=1e-4, atol=1e-9)
     assert float(whole.sum()) == pytest.approx(1.0, abs=1e-5)
+    vof_model, _ = inf.load_model("vof")  # both networks on each slab's shared input: each as if alone
+    both = inf.predict_pvols([model, vof_model], case.series, max_voxels=3 * 48 * 48)
+    np.testing.assert_array_equal(both[0], slabbed)
+    np.testing.assert_array_equal(both[1], inf.predict_pvol(vof_model, case.series, max_voxels=3 * 48 * 48))
 
 
 def test_fine_matrix_is_pooled_to_the_trained_voxel_size():
