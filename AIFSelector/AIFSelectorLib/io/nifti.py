@@ -272,7 +272,8 @@ def _inflater():
 
 
 INFLATE_BLOCK_BYTES = 1 << 22
-"""Compressed bytes read per step of :func:`inflate_gzip` (a few MB: few Python steps, little memory)."""
+"""Compressed bytes read, and at most decompressed bytes produced, per step of :func:`inflate_gzip`: a few MB,
+so a stream that inflates a thousandfold (air, or a hostile file) never holds more than this in flight."""
 
 
 def inflate_gzip(path: Path, offset: int, nbytes: int) -> np.ndarray:
@@ -287,15 +288,14 @@ def inflate_gzip(path: Path, offset: int, nbytes: int) -> np.ndarray:
         with open(path, "rb") as f:
             inflater, pending = decompressobj(31), b""
             while got < nbytes:
-                chunk = pending or f.read(INFLATE_BLOCK_BYTES)
-                pending = b""
-                if not chunk:
-                    break
+                if not pending:
+                    pending = f.read(INFLATE_BLOCK_BYTES)
+                    if not pending:
+                        break
                 if inflater.eof:  # a new member starts
                     inflater = decompressobj(31)
-                data = inflater.decompress(chunk)
-                if inflater.eof:
-                    pending = inflater.unused_data
+                data = inflater.decompress(pending, INFLATE_BLOCK_BYTES)
+                pending = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
                 if skip:
                     cut = min(skip, len(data))
                     data, skip = data[cut:], skip - cut
