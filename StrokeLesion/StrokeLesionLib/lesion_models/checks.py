@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 
 from AIFSelectorLib.ctp_series import CTPSeries, VolumeGeometry
 from AIFSelectorLib.errors import InputError
@@ -157,4 +156,5 @@ def read_image_3d(path, model: str) -> Tuple[np.ndarray, VolumeGeometry]:
                          + (" (a CT perfusion series is for --model pseudodwi)" if model != "pseudodwi" else ""))
     if image.GetDimension() != 3:
         raise InputError(f"{path.name} is a {image.GetDimension()}D image; --model {model} needs a 3D {what}")
+    import SimpleITK as sitk  # imported here: the command line reads MODELS at start, SimpleITK only for images
     return sitk.GetArrayFromImage(image).astype(np.float32), geometry_of(image)
