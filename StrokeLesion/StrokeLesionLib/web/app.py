@@ -68,6 +68,7 @@ class StrokeLesionWebApp:
         self.device = device
         self.max_upload_mb = max_upload_mb
         self._work = Path(tempfile.mkdtemp(prefix="strokelesion-web-"))
+        self._closed = False
         self.upload_root = self._work / "uploads"
         self.upload_root.mkdir()
         self.exports_dir = Path(exports_dir) if exports_dir else self._work / "exports"
@@ -127,7 +128,11 @@ class StrokeLesionWebApp:
 
     def close(self) -> None:
         """Stops the worker, forgets the scene, removes this server's temporary files (uploads and the
-        default exports folder; an --exports folder given by the user stays)."""
+        default exports folder; an --exports folder given by the user stays). Once: the server's exit and
+        `serve`'s own shutdown both call it."""
+        if self._closed:
+            return
+        self._closed = True
         self.tasks.shutdown()
         remove_color_legends(self.slicer_app.scene)
         self.adopted.release()
