@@ -17,9 +17,10 @@ from AIFSelectorLib.prepare.prepared import PreparedSeries
 from AIFSelectorLib.prepare.preprocessing import enhancement, slabs
 
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp")
-MAPS_REVISION = 2
-"""Raised whenever the maps of a series change (2: edge-preserving denoising, CSF on the temporal mean), so that
-caches of maps (training data) are not reused across versions."""
+MAPS_REVISION = 3
+"""Raised whenever the maps of a series change (2: edge-preserving denoising, CSF on the temporal mean; 3: matrices
+finer than the filter grid denoised on its blocks), so that caches of maps (training data) are not reused across
+versions."""
 VESSEL_CBV_ML_100G = 8.0
 """Voxels with CBV above this are vessels, not tissue (parenchymal CBV stays below ~6 ml/100 g)."""
 
@@ -70,12 +71,18 @@ def compute_maps(prepared: PreparedSeries, functions: InputFunctions, method: st
     for i, zs in enumerate(all_slabs):
         m = tissue[zs]
         if m.any():
+            shared = None
             if denoised is not None:
                 curves = denoised.curves(zs, m)
+                shared = denoised.shared(zs, m)
             else:
                 curves = enhancement(series.data[:, zs], prepared.baseline_hu[zs])[:, m].T
+            if shared is not None:  # voxels of a block share one denoised curve: its maps are computed once
+                curves = curves[shared[0]]
             out = maps_from_curves(curves, aif_enh, series.dt_s, method=method,
                                    physiology=physiology, device=device, **deconvolution_options)
+            if shared is not None:
+                out = {k: v[shared[1]] for k, v in out.items()}
             for k in MAP_NAMES:
                 maps[k][zs][m] = out[k]
         if progress is not None:
