@@ -12,7 +12,7 @@ from AIFSelectorLib.ctp_series import CTPSeries
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.prepare.denoising import DenoisedCurves, denoise
 from AIFSelectorLib.prepare.preprocessing import (AIR_HU, BONE_HU, CSF_HU, VESSEL_PEAK_HU, Bolus, baseline_image,
-                                                  brain_mask, detect_bolus, global_curve, slabs)
+                                                  brain_mask, detect_bolus, global_curve, on_slabs)
 
 
 @dataclass
@@ -60,10 +60,11 @@ def prepare(series: CTPSeries, brain_override: Optional[np.ndarray] = None) -> P
     base = baseline_image(series, bolus.n_baseline)
     peak = np.empty(series.shape_zyx, np.float32)
     mean = np.empty(series.shape_zyx, np.float32)
-    for zs in slabs(series.shape_zyx):
+    def peak_and_mean(zs):
         block = series.data[:, zs].astype(np.float32)
         peak[zs] = block.max(axis=0) - base[zs]
         mean[zs] = block.mean(axis=0)
+    on_slabs(peak_and_mean, series.shape_zyx)
     intracranial, brain = brain_mask(base, mean, series.geometry.spacing_mm)
     warnings = []
     if brain_override is not None:

@@ -42,15 +42,29 @@ def slabs(shape_zyx: Tuple[int, int, int], max_voxels: int = 1 << 18) -> Iterato
         yield slice(z0, min(z0 + step, shape_zyx[0]))
 
 
+def on_slabs(function, shape_zyx: Tuple[int, int, int], max_voxels: int = 1 << 18) -> list:
+    """[function(zs) for zs in slabs(shape_zyx, max_voxels)], the slabs on every usable core (numpy releases the
+    GIL), results in slab order: for per-slab work whose outputs do not overlap, or are combined in that order."""
+    work = list(slabs(shape_zyx, max_voxels))
+    workers = min(usable_cores(), len(work))
+    if workers < 2:
+        return [function(zs) for zs in work]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, work))
+
+
 def global_curve(series: CTPSeries, low_hu: float = AIR_HU, high_hu: float = BONE_HU) -> np.ndarray:
     """Mean HU per frame (t,) over voxels whose first-frame value is soft tissue or blood."""
-    sums = np.zeros(series.n_frames)
-    count = 0
-    for zs in slabs(series.shape_zyx):
+    def partial(zs):
         block = series.data[:, zs].astype(np.float32)
         inside = (block[0] > low_hu) & (block[0] < high_hu)
-        sums += block[:, inside].sum(axis=1)
-        count += int(inside.sum())
+        return block[:, inside].sum(axis=1), int(inside.sum())
+
+    sums = np.zeros(series.n_frames)
+    count = 0
+    for part_sums, part_count in on_slabs(partial, series.shape_zyx):  # added in slab order
+        sums += part_sums
+        count += part_count
     return sums / max(count, 1)
 
 
@@ -78,7 +92,12 @@ def detect_bolus(curve: np.ndarray, times_s: np.ndarray, k_sigma: float = 4.0) -
 
 def baseline_image(series: CTPSeries, n_baseline: int) -> np.ndarray:
     """Mean of the pre-contrast frames, (z, y, x) float32 HU."""
-    return series.data[:n_baseline].astype(np.float32).mean(axis=0)
+    out = np.empty(series.shape_zyx, np.float32)
+
+    def one(zs):
+        out[zs] = series.data[:n_baseline, zs].astype(np.float32).mean(axis=0)
+    on_slabs(one, series.shape_zyx)
+    return out
 
 
 def brain_mask(baseline_hu: np.ndarray, mean_hu: np.ndarray, spacing_mm) -> Tuple[np.ndarray, np.ndarray]:
