@@ -97,28 +97,31 @@ def predict_logits(models: Sequence[AIFNet], series: CTPSeries, device="cpu", ma
                    factors: Tuple[int, int] = (1, 1)) -> List[np.ndarray]:
     """Each network's voxel logits, (z, ceil(y/fy), ceil(x/fx)) float32 on the series block-averaged in-plane
     by ``factors``, computed slab by slab along z with a halo of :func:`z_halo` slices, so the result equals
-    one whole-volume pass while memory stays bounded. Networks that see the same frames share each slab's
-    input (the AIF and VOF networks do)."""
+    one whole-volume pass while memory stays bounded. Networks that see the same frames with the same input
+    normalisation share each slab's normalised input (the AIF and VOF networks do)."""
     fy, fx = factors
     nz, ny, nx = series.shape_zyx
     cy, cx = -(-ny // fy), -(-nx // fx)
     step = max(1, max_voxels // (cy * cx))
     halo = max(z_halo(m) for m in models)
     out = [np.empty((nz, cy, cx), np.float32) for _ in models]
+    groups = {}  # networks that see the same frames with the same normalisation share one input
+    for i, model in enumerate(models):
+        cfg = model.config
+        groups.setdefault((cfg.n_frames, cfg.dt_s, cfg.n_baseline, cfg.scale_hu), []).append(i)
     with torch.inference_mode():
         for z0 in range(0, nz, step):
             z1 = min(nz, z0 + step)
             a, b = max(0, z0 - halo), min(nz, z1 + halo)
-            inputs = {}
-            for model, logits in zip(models, out):
-                cfg = model.config
-                key = (cfg.n_frames, cfg.dt_s)
-                if key not in inputs:
-                    inputs[key] = torch.from_numpy(np.ascontiguousarray(
-                        network_input(series.data[:, a:b], series.times_s, cfg, factors)))[None].to(device)
-                result = model.logits(inputs[key])[0, 0]
-                logits[z0:z1] = result[z0 - a: z1 - a].float().cpu().numpy()
-            del inputs
+            for members in groups.values():
+                first = models[members[0]]
+                frames = network_input(series.data[:, a:b], series.times_s, first.config, factors)
+                enhancement = first.input_norm(torch.from_numpy(np.ascontiguousarray(frames))[None].to(device))
+                del frames
+                for i in members:
+                    result = models[i].normalised_logits(enhancement)[0, 0]
+                    out[i][z0:z1] = result[z0 - a: z1 - a].float().cpu().numpy()
+                del enhancement
     return out
 
 

@@ -134,7 +134,12 @@ class AIFNet(nn.Module):
         if x.shape[1] != self.config.n_frames:
             raise ValueError(f"the network takes {self.config.n_frames} frames, got {x.shape[1]} "
                              "(use network_frames to bring a series to the network's frames)")
-        return self.out(self.features(self.input_norm(x)))
+        return self.normalised_logits(self.input_norm(x))
+
+    def normalised_logits(self, enhancement: torch.Tensor) -> torch.Tensor:
+        """(B, n_frames, z, y, x) enhancement already through ``input_norm`` -> (B, 1, z, y, x) voxel logits
+        (networks with the same input normalisation share it on one series)."""
+        return self.out(self.features(enhancement))
 
     def forward(self, x: torch.Tensor, curves: Optional[torch.Tensor] = None):
         """x: (B, n_frames, z, y, x) raw HU. curves: (B, T', z, y, x) the full-length series the curve is
