@@ -38,11 +38,15 @@ def remove_islands(mask: np.ndarray, voxel_ml: float, min_volume_ml: float) -> n
     mask = np.asarray(mask, bool)
     if min_volume_ml <= 0 or not mask.any():
         return mask.copy()
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    box = tuple(slice(int(i.min()), int(i.max()) + 1)  # labelled within the mask's bounding box only
+                for i in (np.flatnonzero(mask.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))))
+    labels, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_ml
     keep = sizes >= min_volume_ml
     keep[0] = False
-    return keep[labels]
+    out = np.zeros(mask.shape, bool)
+    out[box] = keep[labels]
+    return out
 
 
 def decide(rcbf: np.ndarray, tmax_s: np.ndarray, tissue: np.ndarray, voxel_ml: float,
