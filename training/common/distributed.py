@@ -90,7 +90,10 @@ class Distributed:
         return torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
 
     def close(self) -> None:
+        """Leaves the process group once every rank is done: a rank that tears gloo down while another still
+        talks to it can abort ('terminate called without an active exception': seen once, in a full test run)."""
         if self.active and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
