@@ -105,12 +105,14 @@ def test_fine_matrix_is_filtered_on_blocks_of_the_filter_grid():
     the curve the 0.9 mm series it was upsampled from gets; with noise, the noise is averaged away and the
     tissue boundary kept, as at 0.9 mm."""
     import dataclasses
-    from AIFSelectorLib.prepare.denoising import filter_factors
+    from AIFSelectorLib.prepare.denoising import FILTER_GRID_MM
+    from AIFSelectorLib.prepare.preprocessing import block_factors
     coarse, c_base, c_mean, enh, c_mask = _two_regions(noise_hu=0.0)
     up = lambda a: a.repeat(2, axis=-2).repeat(2, axis=-1)
     fine_geometry = dataclasses.replace(coarse.geometry, spacing_mm=(0.45, 0.45, 5.0))
     fine = dataclasses.replace(coarse, data=up(coarse.data), geometry=fine_geometry)
-    assert filter_factors(fine_geometry.spacing_mm) == (2, 2) and filter_factors(coarse.geometry.spacing_mm) == (1, 1)
+    assert block_factors(fine_geometry.spacing_mm, FILTER_GRID_MM) == (2, 2)
+    assert block_factors(coarse.geometry.spacing_mm, FILTER_GRID_MM) == (1, 1)
     mask = up(c_mask)
     want = up(_curves(denoise(coarse, c_base, c_mean, c_mask, sigma_mm=3.0), c_mask).T.reshape((N_FRAMES,) + c_mask.shape))
     got = _curves(denoise(fine, up(c_base), up(c_mean), mask, sigma_mm=3.0), mask)

@@ -72,13 +72,11 @@ def compute_maps(prepared: PreparedSeries, functions: InputFunctions, method: st
         m = tissue[zs]
         if m.any():
             shared = None
-            if denoised is not None:
-                curves = denoised.curves(zs, m)
+            if denoised is not None:  # voxels of a block may share one denoised curve: its maps computed once
                 shared = denoised.shared(zs, m)
+                curves = denoised.curves(zs, m, None if shared is None else shared[0])
             else:
                 curves = enhancement(series.data[:, zs], prepared.baseline_hu[zs])[:, m].T
-            if shared is not None:  # voxels of a block share one denoised curve: its maps are computed once
-                curves = curves[shared[0]]
             out = maps_from_curves(curves, aif_enh, series.dt_s, method=method,
                                    physiology=physiology, device=device, **deconvolution_options)
             if shared is not None:

@@ -19,7 +19,6 @@ time-intensity profile similarity (TIPS) bilateral filter of Mendrik et al. (Phy
 
 Shapes: series (t, z, y, x) HU; volumes (z, y, x); curves (n_voxels, t); coefficients (n_voxels, K).
 """
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -27,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from AIFSelectorLib.ctp_series import CTPSeries
-from AIFSelectorLib.prepare.preprocessing import enhancement, slabs, usable_cores
+from AIFSelectorLib.prepare.preprocessing import block_factors, block_sums, enhancement, on_slabs
 
 N_COMPONENTS = 8
 """Principal components kept per curve (fewer, e.g. 5, bias the timing of grey matter on the phantom)."""
@@ -79,16 +78,18 @@ class DenoisedCurves:
         """The rows of ``coefficients`` that hold the mask's voxels in the slices ``zs`` (step 1)."""
         return slice(self._first_row[zs.start], self._first_row[zs.stop])
 
-    def curves(self, zs: slice, where: np.ndarray) -> np.ndarray:
+    def curves(self, zs: slice, where: np.ndarray, pick: Optional[np.ndarray] = None) -> np.ndarray:
         """Curves (n, t) float32 [HU] of the voxels of ``where`` (bool, the (z, y, x) shape of the slab
-        ``zs``), in C order; every voxel of ``where`` must be in ``mask``."""
+        ``zs``), in C order, or of those rows of them only (``pick``); every voxel of ``where`` must be in
+        ``mask``."""
         inside = where[self.mask[zs]]
         if int(inside.sum()) != int(where.sum()):
             raise ValueError("curves asked for voxels that were not denoised")
-        return self.coefficients[self.rows(zs)][inside] @ self.basis + self.mean_curve
+        coefficients = self.coefficients[self.rows(zs)][inside]
+        return (coefficients if pick is None else coefficients[pick]) @ self.basis + self.mean_curve
 
     def shared(self, zs: slice, where: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """(first, inverse) such that ``curves(zs, where)[first][inverse]`` is ``curves(zs, where)``: one
+        """(first, inverse) such that ``curves(zs, where, first)[inverse]`` is ``curves(zs, where)``: one
         voxel per block of shared curves (see ``blocks``), so per-curve work runs once per block; None when
         every voxel has its own curve."""
         fy, fx = self.blocks
@@ -175,21 +176,6 @@ def profile_filter(coefficients: np.ndarray, guide: np.ndarray, mean_hu: np.ndar
     return np.divide(num, den, out=np.zeros_like(num), where=mask & (den > 0))
 
 
-def filter_factors(spacing_mm) -> Tuple[int, int]:
-    """In-plane block sizes (fy, fx) that bring voxels (spacing x, y, z in mm) to about FILTER_GRID_MM."""
-    return tuple(max(1, int(round(FILTER_GRID_MM / float(s)))) for s in (spacing_mm[1], spacing_mm[0]))
-
-
-def _block_sums(images: np.ndarray, fy: int, fx: int) -> np.ndarray:
-    """(..., y, x) -> (..., ceil(y/fy), ceil(x/fx)) float32 sums over fy x fx blocks (zero-padded)."""
-    ny, nx = images.shape[-2:]
-    py, px = -ny % fy, -nx % fx
-    if py or px:
-        images = np.pad(images, [(0, 0)] * (images.ndim - 2) + [(0, py), (0, px)])
-    shape = images.shape[:-2] + (images.shape[-2] // fy, fy, images.shape[-1] // fx, fx)
-    return images.reshape(shape).sum(axis=(-3, -1), dtype=np.float32)
-
-
 def _filtered(c: np.ndarray, mc: np.ndarray, mean_hu: np.ndarray, n_guide: int, guide_px, sigma_px,
               guide_noise_d2: float, mean_var: float, factors: Tuple[int, int]) -> np.ndarray:
     """The bilateral filter of coefficient images c (K, z, y, x) within mc (module doc), on blocks of
@@ -200,11 +186,11 @@ def _filtered(c: np.ndarray, mc: np.ndarray, mean_hu: np.ndarray, n_guide: int, 
         return profile_filter(c, _masked_blur(c[:n_guide], mc, guide_px), mean_hu, mc, sigma_px, guide_noise_d2,
                               mean_var)
     m = mc.astype(np.float32)
-    count = _block_sums(m, fy, fx)
+    count = block_sums(m, fy, fx)
     inside = count > 0
     safe = np.where(inside, count, 1.0)
-    cb = _block_sums(c * m, fy, fx) / safe
-    cb = profile_filter(cb, _masked_blur(cb[:n_guide], inside, guide_px), _block_sums(mean_hu * m, fy, fx) / safe,
+    cb = block_sums(c * m, fy, fx) / safe
+    cb = profile_filter(cb, _masked_blur(cb[:n_guide], inside, guide_px), block_sums(mean_hu * m, fy, fx) / safe,
                         inside, sigma_px, guide_noise_d2, mean_var)
     ny, nx = mc.shape[1:]
     return np.repeat(np.repeat(cb, fy, axis=-2), fx, axis=-1)[..., :ny, :nx]
@@ -228,7 +214,7 @@ def denoise(series: CTPSeries, baseline_hu: np.ndarray, mean_hu: np.ndarray, mas
     mean_curve, basis = temporal_basis(sample, N_COMPONENTS)
     noise = max(noise_sd_hu(sample), NOISE_FLOOR_HU)
     # the filter's grid: the series' voxels, or blocks of them (FILTER_GRID_MM), whose means carry less noise
-    factors = filter_factors(series.geometry.spacing_mm)
+    factors = block_factors(series.geometry.spacing_mm, FILTER_GRID_MM)
     sy, sx = series.geometry.spacing_mm[1] * factors[0], series.geometry.spacing_mm[0] * factors[1]
     grid_noise = noise / np.sqrt(factors[0] * factors[1])
     sigma_px = (sigma_mm / sy, sigma_mm / sx)
@@ -255,7 +241,5 @@ def denoise(series: CTPSeries, baseline_hu: np.ndarray, mean_hu: np.ndarray, mas
                           mean_var, factors)
         out.coefficients[out.rows(zs)] = c[:, mc].T
 
-    work = list(slabs(mask.shape, max_voxels=1 << 17))
-    with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool:
-        list(pool.map(one_slab, work))
+    on_slabs(one_slab, mask.shape, max_voxels=1 << 17, workers=workers)
     return out

@@ -60,10 +60,12 @@ def prepare(series: CTPSeries, brain_override: Optional[np.ndarray] = None) -> P
     base = baseline_image(series, bolus.n_baseline)
     peak = np.empty(series.shape_zyx, np.float32)
     mean = np.empty(series.shape_zyx, np.float32)
+
     def peak_and_mean(zs):
         block = series.data[:, zs].astype(np.float32)
         peak[zs] = block.max(axis=0) - base[zs]
         mean[zs] = block.mean(axis=0)
+
     on_slabs(peak_and_mean, series.shape_zyx)
     intracranial, brain = brain_mask(base, mean, series.geometry.spacing_mm)
     warnings = []

@@ -25,6 +25,7 @@ from AIFSelectorLib.ctp_series import CTPSeries
 from AIFSelectorLib.input_functions.functions import InputFunctions
 from AIFSelectorLib.models.weights import WeightsError, load_checkpoint
 from AIFSelectorLib.models.device import resolve_device, thread_invariant
+from AIFSelectorLib.prepare.preprocessing import block_factors, block_sums, slabs
 
 KINDS = ("aif", "vof")
 
@@ -56,24 +57,15 @@ so that vessels have the size in voxels the network learned; Pvol is then spread
 def pool_factors(spacing_mm) -> Tuple[int, int]:
     """In-plane block-averaging factors (fy, fx) that bring a series' voxels (x, y, z spacing in mm) close to
     :data:`TRAINED_SPACING_MM` (1 when the voxels are already that large or larger)."""
-    return tuple(max(1, int(round(TRAINED_SPACING_MM / float(s)))) for s in (spacing_mm[1], spacing_mm[0]))
+    return block_factors(spacing_mm, TRAINED_SPACING_MM)
 
 
 def _block_mean(data: np.ndarray, fy: int, fx: int) -> np.ndarray:
     """(..., y, x) -> (..., ceil(y/fy), ceil(x/fx)) float32 means over fy x fx blocks (edge blocks padded by
-    replicating the last row/column), summed over the block's strided views in a fixed order (a reduction over
-    two non-adjacent axes of the whole series was 4x slower)."""
+    replicating the last row/column)."""
     if fy == fx == 1:
         return data
-    ny, nx = data.shape[-2:]
-    py, px = -ny % fy, -nx % fx
-    if py or px:
-        data = np.pad(data, [(0, 0)] * (data.ndim - 2) + [(0, py), (0, px)], mode="edge")
-    out = data[..., 0::fy, 0::fx].astype(np.float32)
-    for i in range(fy):
-        for j in range(fx):
-            if i or j:
-                out += data[..., i::fy, j::fx]
+    out = block_sums(data, fy, fx, pad="edge")
     out *= np.float32(1.0 / (fy * fx))
     return out
 
@@ -192,7 +184,6 @@ def pre_contrast_level(series: CTPSeries, score: np.ndarray, n_baseline: int) ->
 
 def peak_to_baseline(series: CTPSeries, n_baseline: int) -> np.ndarray:
     """(z, y, x) float32: every voxel's maximum minus its pre-contrast mean."""
-    from AIFSelectorLib.prepare.preprocessing import slabs
     out = np.empty(series.shape_zyx, np.float32)
     for zs in slabs(series.shape_zyx):
         block = series.data[:, zs].astype(np.float32)
@@ -265,7 +256,6 @@ def dense_weighted_curves(series: CTPSeries, pvols) -> List[np.ndarray]:
     Pvols that are positive everywhere (no voxel selection), in one pass over the series. Summed in float64 by
     numpy's einsum loop (one thread, a fixed order), not by a BLAS product whose threads would change the order
     of the sum (and so the last bits)."""
-    from AIFSelectorLib.prepare.preprocessing import slabs
     out = np.zeros((len(pvols), series.n_frames))
     t = series.n_frames
     for zs in slabs(series.shape_zyx, max_voxels=1 << 18):
