@@ -15,6 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+# Before numpy loads: the stages run slabs and chunks on every core themselves, and OpenBLAS threads of their own
+# (which spin after each product) only took cores from them: the maps stage ran 0.78 s instead of 0.49 s on
+# the 2-core machine. A value set by the user is kept. Child processes (batch workers) inherit it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM
 from AIFSelectorLib.io.time_grid import PLAUSIBLE_DT_S
 from AIFSelectorLib.errors import InputError

@@ -105,7 +105,9 @@ class DeconvolutionResult:
 
 
 class _Numpy:
-    """The per-voxel operations in numpy / scipy.fft (float32 and complex64 arrays, last axis)."""
+    """The per-voxel operations in numpy / scipy.fft (float32 and complex64 arrays, last axis). Each transform
+    runs on one thread: the chunks already run on every core (transforms with threads of their own inside them
+    measured 20 % slower on 2 cores)."""
 
     where = staticmethod(np.where)
     log = staticmethod(np.log)
@@ -117,10 +119,10 @@ class _Numpy:
         return x
 
     def rfft(self, x, n):
-        return scipy.fft.rfft(x, n=n, axis=-1, workers=-1)
+        return scipy.fft.rfft(x, n=n, axis=-1, workers=1)
 
     def irfft(self, x, n):
-        return scipy.fft.irfft(x, n=n, axis=-1, workers=-1)
+        return scipy.fft.irfft(x, n=n, axis=-1, workers=1)
 
     def max(self, x):
         return x.max(-1)

@@ -42,6 +42,8 @@ SPATIAL_CUTOFF = 0.05
 """Neighbours whose spatial weight is below this are left out (the kernel's support)."""
 SAMPLE_VOXELS = 50000
 """Tissue curves sampled to find the temporal basis."""
+_FAR_HU = np.float32(1e6)
+"""The temporal mean [HU] given to voxels outside the filter's mask: no tissue voxel's mean is near it."""
 NOISE_FLOOR_HU = 0.01
 """The noise SD used when the series measures less (noise-free or flat curves): only equal curves mix."""
 FILTER_GRID_MM = 0.9
@@ -110,11 +112,17 @@ def noise_sd_hu(curves: np.ndarray) -> float:
 
 
 def temporal_basis(curves: np.ndarray, n_components: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Mean (t,) and the first ``n_components`` principal directions (K, t) of curves (n, t), float32."""
+    """Mean (t,) and the first ``n_components`` principal directions (K, t) of curves (n, t), float32: the
+    leading eigenvectors of the (t, t) scatter matrix (float64), each signed so that its largest entry is
+    positive (an eigenvector's sign is arbitrary; the filter and the curves do not depend on it)."""
     curves = np.asarray(curves, np.float64)
     mean = curves.mean(axis=0)
-    _, _, vt = np.linalg.svd(curves - mean, full_matrices=False)
-    return mean.astype(np.float32), vt[:min(n_components, len(vt))].astype(np.float32)
+    centred = curves - mean
+    values, vectors = np.linalg.eigh(centred.T @ centred)
+    k = min(n_components, len(curves), curves.shape[1])
+    basis = vectors[:, ::-1][:, :k].T
+    basis *= np.sign(basis[np.arange(k), np.abs(basis).argmax(axis=1)])[:, None]
+    return mean.astype(np.float32), basis.astype(np.float32)
 
 
 def _smoothed_noise_factor(sigma_px: Tuple[float, float]) -> float:
@@ -141,39 +149,61 @@ def profile_filter(coefficients: np.ndarray, guide: np.ndarray, mean_hu: np.ndar
     coefficients (K, z, y, x), guide (G, z, y, x), mean_hu (z, y, x), mask (z, y, x) bool; sigma_px: spatial
     SD (y, x) in voxels; guide_noise_d2: expected squared guide distance of two noisy identical voxels;
     mean_var: s_mean^2 [HU^2]. Returns the filtered coefficients (K, z, y, x), zero outside mask.
-    Each pair of neighbours is visited once (the weight is symmetric).
+
+    Each pair of neighbours is visited once (the weight is symmetric). The images are padded by the kernel's
+    radius (rows below, columns to the right) and flattened, so a neighbour (dy, dx) is one shift of the flat
+    index and every pass runs over one long contiguous row: a pair that crosses an image edge meets the padding,
+    and a pair with a voxel outside ``mask`` (padding included) gets weight exp(-huge) = 0 exactly because the
+    temporal mean there is set ``_FAR_HU`` away from any tissue value.
     """
-    m = mask.astype(np.float32)
-    num = coefficients * m
-    den = m.copy()
-    ny, nx = mask.shape[1:]
+    nz, ny, nx = mask.shape
     ry, rx = (int(np.sqrt(-2.0 * np.log(SPATIAL_CUTOFF)) * s) for s in sigma_px)
+    width = nx + rx
+
+    def flat(images, fill=0.0):
+        padded = np.full(images.shape[:-3] + (nz, ny + ry, width), fill, np.float32)
+        padded[..., :ny, :nx] = images
+        return padded.reshape(images.shape[:-3] + (-1,))
+
+    m = flat(mask)
+    coef = flat(coefficients * mask)
+    g = flat(guide)
+    far = flat(np.where(mask, mean_hu, _FAR_HU), _FAR_HU)
+    num, den = coef.copy(), m
+    n = m.size
+    buffer = np.empty(n, np.float32)
     inv_range = np.float32(1.0 / (RANGE_SCALE ** 2 * guide_noise_d2))
     inv_mean = np.float32(0.5 / mean_var)
-    for dy in range(0, ry + 1):
-        for dx in range(-rx, rx + 1):
-            if dy == 0 and dx <= 0:
-                continue
+    for dy in range(0, min(ry, ny - 1) + 1):
+        for dx in range(-min(rx, nx - 1), min(rx, nx - 1) + 1):
             spatial = np.exp(-0.5 * ((dy / sigma_px[0]) ** 2 + (dx / sigma_px[1]) ** 2))
-            if spatial < SPATIAL_CUTOFF or dy >= ny or abs(dx) >= nx:
+            if (dy == 0 and dx <= 0) or spatial < SPATIAL_CUTOFF:
                 continue
-            a = (slice(None), slice(0, ny - dy), slice(max(0, -dx), nx - max(0, dx)))  # p
-            b = (slice(None), slice(dy, ny), slice(max(0, dx), nx - max(0, -dx)))      # q = p + (dy, dx)
-            both = m[a] * m[b]
-            if not both.any():
-                continue
-            diff = guide[(slice(None),) + a] - guide[(slice(None),) + b]
-            arg = np.einsum("g...,g...->...", diff, diff) * inv_range
-            d_mean = mean_hu[a] - mean_hu[b]
-            arg += d_mean * d_mean * inv_mean
-            w = np.exp(-arg)
+            shift = dy * width + dx
+            a, b = slice(0, n - shift), slice(shift, n)  # p and q = p + (dy, dx)
+            w, term = np.square(g[0, a] - g[0, b]), buffer[:n - shift]  # one image row at a time (cache)
+            for k in range(1, len(g)):
+                np.subtract(g[k, a], g[k, b], out=term)
+                term *= term
+                w += term
+            w *= inv_range
+            np.subtract(far[a], far[b], out=term)
+            term *= term
+            term *= inv_mean
+            w += term
+            np.negative(w, out=w)
+            np.exp(w, out=w)
             w *= np.float32(spatial)
-            w *= both
             den[a] += w
             den[b] += w
-            num[(slice(None),) + a] += w * coefficients[(slice(None),) + b]
-            num[(slice(None),) + b] += w * coefficients[(slice(None),) + a]
-    return np.divide(num, den, out=np.zeros_like(num), where=mask & (den > 0))
+            for k in range(len(coef)):
+                np.multiply(coef[k, b], w, out=term)
+                num[k, a] += term
+                np.multiply(coef[k, a], w, out=term)
+                num[k, b] += term
+    num = num.reshape((-1, nz, ny + ry, width))[..., :ny, :nx]
+    den = den.reshape((nz, ny + ry, width))[:, :ny, :nx]
+    return np.divide(num, den, out=np.zeros(num.shape, np.float32), where=mask & (den > 0))
 
 
 def _filtered(c: np.ndarray, mc: np.ndarray, mean_hu: np.ndarray, n_guide: int, guide_px, sigma_px,
