@@ -221,6 +221,8 @@ def main():
     ap.add_argument("--osipy-python", help="a Python >= 3.12 with osipy and nibabel (default: looked for)")
     ap.add_argument("--processes-only", action="store_true", help="only the whole-process targets")
     args = ap.parse_args()
+    # the in-process measurements run as the strokelesion command does (its spawned processes inherit this)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     whole_processes(args.osipy_python)
     if args.processes_only:

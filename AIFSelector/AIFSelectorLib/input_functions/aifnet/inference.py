@@ -70,10 +70,41 @@ def _block_mean(data: np.ndarray, fy: int, fx: int) -> np.ndarray:
     return out
 
 
+def receptive_radius(model: torch.nn.Module, axis: int = 0) -> int:
+    """Voxels of context each side along ``axis`` (0: z, 1: y, 2: x) that the network's output at one voxel
+    depends on: the sum of k // 2 over its 3D convolutions."""
+    return int(sum(m.kernel_size[axis] // 2 for m in model.modules() if isinstance(m, torch.nn.Conv3d)))
+
+
 def z_halo(model: torch.nn.Module) -> int:
     """Slices of context each side that the network's output at one slice depends on (its z receptive
-    radius): the sum of kz // 2 over its 3D convolutions."""
-    return int(sum(m.kernel_size[0] // 2 for m in model.modules() if isinstance(m, torch.nn.Conv3d)))
+    radius)."""
+    return receptive_radius(model, 0)
+
+
+HEAD_HU = -500.0
+"""First-frame HU above which a voxel belongs to the head (air reads about -1000 HU, fat, the lightest tissue,
+about -100 HU)."""
+HEAD_MARGIN = 8
+"""Blocks of air kept each side of the head, at least (more when a network's receptive radius is larger; the
+shipped ones' is 5): the same window for every network whose radius is within it, so a network run beside
+another gives the same logits as run alone."""
+
+
+def head_window(series: CTPSeries, factors: Tuple[int, int], margin: Tuple[int, int]) -> Tuple[slice, slice]:
+    """In-plane rows and columns of the network's grid (the series pooled by ``factors``) that the networks
+    run on: every block holding a head voxel (first frame above HEAD_HU, any slice), plus ``margin`` (y, x)
+    blocks of air each side (the networks' in-plane receptive radius), so that every head voxel gets the logit
+    of a whole-field pass. Air beyond that holds no vessel: its logits are not computed. The whole field when
+    no voxel reads as head."""
+    fy, fx = factors
+    cy, cx = -(-series.shape_zyx[1] // fy), -(-series.shape_zyx[2] // fx)
+    head = (np.asarray(series.data[0]) > HEAD_HU).any(axis=0)
+    rows, cols = np.flatnonzero(head.any(axis=1)), np.flatnonzero(head.any(axis=0))
+    if rows.size == 0:
+        return slice(0, cy), slice(0, cx)
+    return (slice(max(0, rows[0] // fy - margin[0]), min(cy, rows[-1] // fy + 1 + margin[0])),
+            slice(max(0, cols[0] // fx - margin[1]), min(cx, cols[-1] // fx + 1 + margin[1])))
 
 
 def network_input(data_tzyx: np.ndarray, times_s: np.ndarray, config: AIFNetConfig,
@@ -88,15 +119,18 @@ def network_input(data_tzyx: np.ndarray, times_s: np.ndarray, config: AIFNetConf
 def predict_logits(models: Sequence[AIFNet], series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS,
                    factors: Tuple[int, int] = (1, 1)) -> List[np.ndarray]:
     """Each network's voxel logits, (z, ceil(y/fy), ceil(x/fx)) float32 on the series block-averaged in-plane
-    by ``factors``, computed slab by slab along z with a halo of :func:`z_halo` slices, so the result equals
-    one whole-volume pass while memory stays bounded. Networks that see the same frames with the same input
-    normalisation share each slab's normalised input (the AIF and VOF networks do)."""
+    by ``factors``: -inf (probability 0) in the air outside :func:`head_window`, and in it computed slab by
+    slab along z with a halo of :func:`z_halo` slices, so the head's logits equal one whole-volume pass while
+    memory stays bounded. Networks that see the same frames with the same input normalisation share each
+    slab's normalised input (the AIF and VOF networks do)."""
     fy, fx = factors
     nz, ny, nx = series.shape_zyx
-    cy, cx = -(-ny // fy), -(-nx // fx)
-    step = max(1, max_voxels // (cy * cx))
+    ys, xs = head_window(series, factors,
+                         tuple(max([HEAD_MARGIN] + [receptive_radius(m, a) for m in models]) for a in (1, 2)))
+    rows, cols = slice(ys.start * fy, min(ny, ys.stop * fy)), slice(xs.start * fx, min(nx, xs.stop * fx))
+    step = max(1, max_voxels // ((ys.stop - ys.start) * (xs.stop - xs.start)))
     halo = max(z_halo(m) for m in models)
-    out = [np.empty((nz, cy, cx), np.float32) for _ in models]
+    out = [np.full((nz, -(-ny // fy), -(-nx // fx)), -np.inf, np.float32) for _ in models]
     groups = {}  # networks that see the same frames with the same normalisation share one input
     for i, model in enumerate(models):
         cfg = model.config
@@ -107,12 +141,12 @@ def predict_logits(models: Sequence[AIFNet], series: CTPSeries, device="cpu", ma
             a, b = max(0, z0 - halo), min(nz, z1 + halo)
             for members in groups.values():
                 first = models[members[0]]
-                frames = network_input(series.data[:, a:b], series.times_s, first.config, factors)
+                frames = network_input(series.data[:, a:b, rows, cols], series.times_s, first.config, factors)
                 enhancement = first.input_norm(torch.from_numpy(np.ascontiguousarray(frames))[None].to(device))
                 del frames
                 for i in members:
                     result = models[i].normalised_logits(enhancement)[0, 0]
-                    out[i][z0:z1] = result[z0 - a: z1 - a].float().cpu().numpy()
+                    out[i][z0:z1, ys, xs] = result[z0 - a: z1 - a].float().cpu().numpy()
                 del enhancement
     return out
 
