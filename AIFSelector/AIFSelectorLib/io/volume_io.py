@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 
 from AIFSelectorLib.ctp_series import CTPSeries, VolumeGeometry
 from AIFSelectorLib.errors import InputError
@@ -87,8 +86,9 @@ def verify_file(path) -> None:
                 fail("no PNG end chunk")
 
 
-def image_from_array(array_zyx: np.ndarray, geometry: VolumeGeometry) -> sitk.Image:
+def image_from_array(array_zyx: np.ndarray, geometry: VolumeGeometry) -> "sitk.Image":
     """A SimpleITK image from a (z, y, x) array placed on ``geometry``."""
+    import SimpleITK as sitk
     image = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx))
     image.SetSpacing(geometry.spacing_mm)
     image.SetOrigin(geometry.origin_mm)
@@ -96,7 +96,7 @@ def image_from_array(array_zyx: np.ndarray, geometry: VolumeGeometry) -> sitk.Im
     return image
 
 
-def geometry_of(image: sitk.Image) -> VolumeGeometry:
+def geometry_of(image: "sitk.Image") -> VolumeGeometry:
     """The spatial grid of the first three axes of a SimpleITK image."""
     d = image.GetDimension()
     direction = np.asarray(image.GetDirection()).reshape(d, d)[:3, :3]
@@ -120,6 +120,7 @@ def write_volume(path, array_zyx: np.ndarray, geometry: VolumeGeometry) -> Path:
             from AIFSelectorLib.io.nrrd import write_nrrd_volume
             write_nrrd_volume(tmp, array_zyx, geometry)
         else:
+            import SimpleITK as sitk
             sitk.WriteImage(image_from_array(array_zyx, geometry), str(tmp), True)
     return Path(path)
 
@@ -136,9 +137,10 @@ def write_series_nifti(path, series: CTPSeries) -> Path:
     return Path(path)
 
 
-def read_image(path, kind: str = "an image file") -> sitk.Image:
+def read_image(path, kind: str = "an image file") -> "sitk.Image":
     """SimpleITK image of ``path`` (a regular file); a one-line InputError naming the file when it is
     missing or is not ``kind`` (non-image, truncated or corrupted)."""
+    import SimpleITK as sitk
     from AIFSelectorLib.io.nifti import require_regular_file
     path = require_regular_file(path)
     try:
@@ -147,9 +149,10 @@ def read_image(path, kind: str = "an image file") -> sitk.Image:
         raise InputError(f"cannot read {path.name}: not {kind}, or it is truncated or corrupted") from None
 
 
-def read_dicom_series(folder, label: str, hint: str = "") -> sitk.Image:
+def read_dicom_series(folder, label: str, hint: str = "") -> "sitk.Image":
     """The largest DICOM series in ``folder`` as one SimpleITK image (slices in spatial order); InputError
     "<label>: no DICOM series in <folder><hint>" or "... cannot read the DICOM series ... (corrupted?)"."""
+    import SimpleITK as sitk
     folder = str(folder)
     try:
         ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
@@ -186,6 +189,7 @@ def read_volume(path) -> Tuple[np.ndarray, VolumeGeometry]:
         if data.ndim != 3:
             raise InputError(f"{path.name} must be a 3D single-component volume, got a {data.ndim}D image")
         return data, geometry
+    import SimpleITK as sitk
     image = read_image(path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path.name} must be a 3D single-component volume, got a "
