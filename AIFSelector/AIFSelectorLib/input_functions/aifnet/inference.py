@@ -211,7 +211,11 @@ def pre_contrast_level(series: CTPSeries, score: np.ndarray, n_baseline: int) ->
     ``score`` (z, y, x): the absolute level of a Pvol-weighted curve, which a spread-out Pvol would mix
     with air and bone."""
     k = min(VOF_BASELINE_VOXELS, score.size)
-    best = np.argpartition(score.ravel(), score.size - k)[score.size - k:]
+    flat = score.ravel()
+    candidates = np.flatnonzero(flat > 0)  # air outside the networks' window scores 0: selecting among the
+    if candidates.size < k:                # many equal zeros took numpy's partition seconds on a whole brain
+        candidates = np.arange(flat.size)
+    best = candidates[np.argpartition(flat[candidates], candidates.size - k)[candidates.size - k:]]
     n0 = max(1, n_baseline)
     return float(np.asarray(series.data[:n0]).reshape(n0, -1)[:, best].astype(np.float64).mean())
 
@@ -237,7 +241,8 @@ def concentration(pvol: np.ndarray, fraction: float = 0.01, min_voxels: int = 10
     ``min_voxels``)."""
     flat = pvol.ravel()
     k = min(max(min_voxels, int(fraction * flat.size)), flat.size)
-    return float(np.partition(flat, flat.size - k)[flat.size - k:].sum())
+    mass = flat[flat > 0]  # the zeros add nothing (and many equal zeros make numpy's partition slow)
+    return float(mass.sum() if mass.size <= k else np.partition(mass, mass.size - k)[mass.size - k:].sum())
 
 
 def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Optional[Path] = None,
@@ -287,14 +292,20 @@ def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Opt
 
 def dense_weighted_curves(series: CTPSeries, pvols) -> List[np.ndarray]:
     """sum_v Pvol(v) CTP(t, v) (t,) HU for each Pvol of ``pvols``, as input_functions.weighted_curve, for softmax
-    Pvols that are positive everywhere (no voxel selection), in one pass over the series. Summed in float64 by
-    numpy's einsum loop (one thread, a fixed order), not by a BLAS product whose threads would change the order
-    of the sum (and so the last bits)."""
+    Pvols (no voxel selection), in one pass over the in-plane window where any of them is positive (the head:
+    see :func:`predict_logits`). Summed in float64 by numpy's einsum loop (one thread, a fixed order), not by a
+    BLAS product whose threads would change the order of the sum (and so the last bits)."""
+    positive = np.zeros(series.shape_zyx[1:], bool)
+    for p in pvols:
+        positive |= (np.asarray(p) > 0).any(axis=0)
+    rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
     out = np.zeros((len(pvols), series.n_frames))
-    t = series.n_frames
+    if rows.size == 0:
+        return list(out)
+    window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     for zs in slabs(series.shape_zyx, max_voxels=1 << 18):
-        weights = np.stack([np.asarray(p[zs], np.float64).ravel() for p in pvols])
-        out += np.einsum("tn,kn->kt", series.data[:, zs].reshape(t, -1), weights)
+        weights = np.stack([np.asarray(p[(zs,) + window], np.float64) for p in pvols])
+        out += np.einsum("tzyx,kzyx->kt", series.data[(slice(None), zs) + window], weights)
     return list(out)
 
 
