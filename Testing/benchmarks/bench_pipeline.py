@@ -118,6 +118,8 @@ def _timed_process(args, env=None):
             "s = time.perf_counter() - t; "
             "print(r.returncode, s, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0); "
             "sys.stderr.write(r.stderr[-2000:] if r.returncode else '')")
+    env = dict(os.environ if env is None else env)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # the warm-up run leaves compiled bytecode, as on a user's machine
     out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env)
     code_, seconds, peak = out.stdout.split()
     if code_ != "0":

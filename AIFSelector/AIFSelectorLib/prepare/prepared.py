@@ -62,9 +62,9 @@ def prepare(series: CTPSeries, brain_override: Optional[np.ndarray] = None) -> P
     mean = np.empty(series.shape_zyx, np.float32)
 
     def peak_and_mean(zs):
-        block = series.data[:, zs].astype(np.float32)
+        block = series.data[:, zs]
         peak[zs] = block.max(axis=0) - base[zs]
-        mean[zs] = block.mean(axis=0)
+        mean[zs] = block.mean(axis=0, dtype=np.float32)
 
     on_slabs(peak_and_mean, series.shape_zyx)
     intracranial, brain = brain_mask(base, mean, series.geometry.spacing_mm)

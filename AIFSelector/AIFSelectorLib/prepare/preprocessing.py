@@ -56,11 +56,12 @@ def on_slabs(function, shape_zyx: Tuple[int, int, int], max_voxels: int = 1 << 1
 
 
 def global_curve(series: CTPSeries, low_hu: float = AIR_HU, high_hu: float = BONE_HU) -> np.ndarray:
-    """Mean HU per frame (t,) over voxels whose first-frame value is soft tissue or blood."""
+    """Mean HU per frame (t,) over voxels whose first-frame value is soft tissue or blood (summed in float64
+    from the stored values: no float32 copy of the series)."""
     def partial(zs):
-        block = series.data[:, zs].astype(np.float32)
+        block = series.data[:, zs]
         inside = (block[0] > low_hu) & (block[0] < high_hu)
-        return block[:, inside].sum(axis=1), int(inside.sum())
+        return block[:, inside].sum(axis=1, dtype=np.float64), int(inside.sum())
 
     sums = np.zeros(series.n_frames)
     count = 0
