@@ -170,9 +170,16 @@ def test_two_runs_on_one_out(tmp_path):
     assert debris(tmp_path, "ph") == []
 
 
-def _start_and_kill(argv, sig, delay_s):
+def _start_and_kill(argv, sig, delay_s, started=None):
+    """Exit code and stderr of the command, sent ``sig`` ``delay_s`` seconds after it started or, with ``started``
+    (a callable), as soon as that says the command is at work (the process still running)."""
     p = subprocess.Popen(CLI + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
-    time.sleep(delay_s)
+    if started is None:
+        time.sleep(delay_s)
+    else:
+        deadline = time.monotonic() + 60
+        while not started() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
     p.send_signal(sig)
     code = p.wait(timeout=120)
     return code, p.stderr.read()
@@ -185,10 +192,11 @@ def _is_complete(folder: Path) -> bool:
 
 def test_sigterm_cleans_up_and_sigkill_debris_is_swept(tmp_path):
     out = tmp_path / "ph"
-    code, err = _start_and_kill(["phantom", "--out", str(out)], signal.SIGTERM, 4.0)
+    staging = lambda: any(name.startswith(".ph.partial-") for name in debris(tmp_path, "ph"))  # noqa: E731
+    code, err = _start_and_kill(["phantom", "--out", str(out)], signal.SIGTERM, 0, started=staging)
     assert code == 128 + signal.SIGTERM, err
     assert "terminated" in err and not out.exists() and debris(tmp_path, "ph") == []
-    code, _ = _start_and_kill(["phantom", "--out", str(out)], signal.SIGKILL, 4.0)
+    code, _ = _start_and_kill(["phantom", "--out", str(out)], signal.SIGKILL, 0, started=staging)
     assert code == -signal.SIGKILL and not out.exists()
     assert any(name.startswith(".ph.partial-") for name in debris(tmp_path, "ph"))
     assert subprocess.run(CLI + ["phantom", "--out", str(out)], capture_output=True, timeout=300).returncode == 0
