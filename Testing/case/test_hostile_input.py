@@ -230,10 +230,11 @@ def test_header_declaring_a_huge_image_in_a_tiny_file(work, capsys):
 
 
 def test_gzip_bomb_beyond_memory_is_refused_before_allocating(work, capsys):
-    """2000 x 2000 x 64 x 40 int16 voxels declared (20 GB as float32 x 3 is beyond this machine), stored
-    as a few MB of compressed zeros: refused from the header, nothing decompressed into memory."""
+    """2000 x 2000 x 256 x 40 int16 voxels declared (82 GB as stored, 220 GB with the pipeline's working memory
+    and headroom: beyond any machine these tests run on), stored as a few MB of compressed zeros: refused from
+    the header, nothing decompressed into memory."""
     header = bytearray((work / "ctp.nii").read_bytes()[:352])
-    header[40:56] = struct.pack("<8h", 4, 2000, 2000, 64, 40, 1, 1, 1)
+    header[40:56] = struct.pack("<8h", 4, 2000, 2000, 256, 40, 1, 1, 1)
     header[70:74] = struct.pack("<2h", 4, 16)
     with gzip.open(work / "bomb.nii.gz", "wb", compresslevel=9) as f:
         f.write(bytes(header))

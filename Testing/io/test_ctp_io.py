@@ -497,3 +497,15 @@ def test_nifti_gzip_inflate_members_fallback_and_corruption(tmp_path, monkeypatc
     bad.write_bytes(bytes(damaged))
     with pytest.raises(InputError, match=r"^cannot read damaged\.nii\.gz: the file is truncated or corrupted"):
         load_ctp(bad)
+
+
+def test_memory_check_counts_stored_values_and_voxels(monkeypatch):
+    """A 512x512x320x25 int16 whole brain needs 1.5 x (its 4.2 GB as stored + 64 bytes per voxel) = 13.3 GiB: it
+    is read on a 16 GiB machine; the same values as float32 (a scaled header) are refused there, in one line."""
+    from AIFSelectorLib.io import nifti
+    monkeypatch.setattr(nifti, "available_memory_bytes", lambda: 16 << 30)
+    n_voxels = 512 * 512 * 320
+    nifti.check_memory(n_voxels * 25, "brain.nii.gz", itemsize=2, n_voxels=n_voxels)
+    with pytest.raises(InputError, match=r"brain\.nii\.gz declares 2,097,152,000 voxel values, about 19\.2 GiB .* "
+                                         r"16\.0 GiB of memory available: refusing to allocate it"):
+        nifti.check_memory(n_voxels * 25, "brain.nii.gz", itemsize=4, n_voxels=n_voxels)

@@ -52,7 +52,9 @@ def read_nrrd(path) -> Tuple[np.ndarray, VolumeGeometry, dict]:
         raise InputError(f"cannot read {path.name}: corrupted NRRD header (sizes {sizes})")
     data_file = _data_file_beside(path, header)
     n_values = int(np.prod(sizes, dtype=np.float64))
-    check_memory(n_values, path.name)
+    # voxels: a 4D image's list axis is first or last; the smaller of the two is taken for it (at worst more voxels)
+    check_memory(n_values, path.name, n_voxels=n_values // max(1, min(sizes[0], sizes[-1])) if len(sizes) > 3
+                 else n_values)
     if header.get("encoding", "raw") == "raw":
         try:
             itemsize = np.dtype(nrrd.reader._determine_datatype(header)).itemsize
