@@ -118,7 +118,7 @@ def temporal_basis(curves: np.ndarray, n_components: int) -> Tuple[np.ndarray, n
     curves = np.asarray(curves, np.float64)
     mean = curves.mean(axis=0)
     centred = curves - mean
-    values, vectors = np.linalg.eigh(centred.T @ centred)
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # eigenvalues in ascending order
     k = min(n_components, len(curves), curves.shape[1])
     basis = vectors[:, ::-1][:, :k].T
     basis *= np.sign(basis[np.arange(k), np.abs(basis).argmax(axis=1)])[:, None]
@@ -181,7 +181,7 @@ def profile_filter(coefficients: np.ndarray, guide: np.ndarray, mean_hu: np.ndar
                 continue
             shift = dy * width + dx
             a, b = slice(0, n - shift), slice(shift, n)  # p and q = p + (dy, dx)
-            w, term = np.square(g[0, a] - g[0, b]), buffer[:n - shift]  # one image row at a time (cache)
+            w, term = np.square(g[0, a] - g[0, b]), buffer[:n - shift]  # one component at a time, in place
             for k in range(1, len(g)):
                 np.subtract(g[k, a], g[k, b], out=term)
                 term *= term
