@@ -144,6 +144,25 @@ def test_slab_wise_pvol_equals_one_whole_volume_pass():
     np.testing.assert_array_equal(both[1], inf.predict_pvol(vof_model, case.series, max_voxels=3 * 48 * 48))
 
 
+def test_air_beyond_the_head_window_gets_no_probability(monkeypatch):
+    """The networks run on the head's in-plane window: outside it the Pvol is 0, and inside the head it is the
+    whole-field pass's Pvol renormalised (the head's logits do not change)."""
+    case = make_phantom(seed=4, shape_zyx=(4, 128, 128), n_frames=30, noise_hu=3.0, spacing_mm=(1.8, 1.8, 6.0))
+    s = case.series
+    model, _ = inf.load_model("aif")
+    ys, xs = inf.head_window(s, (1, 1), (inf.HEAD_MARGIN, inf.HEAD_MARGIN))
+    assert (ys.stop - ys.start) * (xs.stop - xs.start) < 0.8 * 128 * 128  # the field holds air around the head
+    pvol = inf.predict_pvol(model, s)
+    outside = np.ones(s.shape_zyx, bool)
+    outside[:, ys, xs] = False
+    assert np.all(pvol[outside] == 0) and float(pvol.sum()) == pytest.approx(1.0, abs=1e-5)
+    head = np.asarray(s.data[0]) > inf.HEAD_HU
+    monkeypatch.setattr(inf, "HEAD_HU", -np.inf)  # every voxel reads as head: the whole field
+    whole = inf.predict_pvol(model, s)
+    assert np.all(whole > 0)
+    np.testing.assert_allclose(pvol[head] / pvol[head].sum(), whole[head] / whole[head].sum(), rtol=1e-4, atol=1e-12)
+
+
 def test_fine_matrix_is_pooled_to_the_trained_voxel_size():
     """A 0.45 mm in-plane series (a 512 matrix) is seen by the network as 0.9 mm blocks: the same AIF as the
     0.9 mm series it was upsampled from, and a Pvol spread evenly over each 2x2 block, summing to 1."""

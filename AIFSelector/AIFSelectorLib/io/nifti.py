@@ -80,8 +80,8 @@ def available_memory_bytes() -> Optional[int]:
 def check_memory(n_values: int, name: str, itemsize: int = 4, n_voxels: Optional[int] = None) -> None:
     """InputError when ``n_values`` values of ``itemsize`` bytes, with VOXEL_WORKING_BYTES for each of ``n_voxels``
     voxels (default: one per value), times MEMORY_HEADROOM, do not fit in the memory available."""
-    need = MEMORY_HEADROOM * (float(itemsize) * n_values + VOXEL_WORKING_BYTES * float(n_values if n_voxels is None
-                                                                                       else n_voxels))
+    voxels = n_values if n_voxels is None else n_voxels
+    need = MEMORY_HEADROOM * (float(itemsize) * n_values + float(VOXEL_WORKING_BYTES) * voxels)
     free = available_memory_bytes()
     if free is not None and need > free:
         raise InputError(f"{name} declares {n_values:,} voxel values, about {need / 2**30:.1f} GiB to process "

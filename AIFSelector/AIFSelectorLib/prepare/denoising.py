@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from AIFSelectorLib.ctp_series import CTPSeries
-from AIFSelectorLib.prepare.preprocessing import block_factors, block_sums, enhancement, on_slabs
+from AIFSelectorLib.prepare.preprocessing import block_factors, block_sums, bounding_box, enhancement, on_slabs
 
 N_COMPONENTS = 8
 """Principal components kept per curve (fewer, e.g. 5, bias the timing of grey matter on the phantom)."""
@@ -259,9 +259,9 @@ def denoise(series: CTPSeries, baseline_hu: np.ndarray, mean_hu: np.ndarray, mas
         m = mask[zs]
         if not m.any():
             return
-        ys, xs = np.nonzero(m.any(axis=0))
-        y0, x0 = ys.min() - ys.min() % factors[0], xs.min() - xs.min() % factors[1]  # blocks on the series' grid
-        crop = (zs, slice(y0, ys.max() + 1), slice(x0, xs.max() + 1))
+        ys, xs = bounding_box(m.any(axis=0))
+        y0, x0 = ys.start - ys.start % factors[0], xs.start - xs.start % factors[1]  # blocks on the series' grid
+        crop = (zs, slice(y0, ys.stop), slice(x0, xs.stop))
         mc = mask[crop]
         curves = enhancement(series.data[(slice(None),) + crop][:, mc], baseline_hu[crop][mc]).T
         c = np.zeros((len(basis),) + mc.shape, np.float32)

@@ -146,6 +146,18 @@ def _fill_holes_per_slice(volume: np.ndarray) -> np.ndarray:
     return np.stack([ndimage.binary_fill_holes(s) for s in volume])
 
 
+def bounding_box(mask: np.ndarray) -> Optional[Tuple[slice, ...]]:
+    """The smallest box (one slice per axis) that holds every True voxel of ``mask``; None when none is True."""
+    mask = np.asarray(mask, bool)
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
 def _disk(radius: int) -> np.ndarray:
     """In-plane disk structuring element (1, 2r+1, 2r+1)."""
     r = np.arange(-radius, radius + 1)

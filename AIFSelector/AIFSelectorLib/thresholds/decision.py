@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from AIFSelectorLib.constants import CORE_RCBF, TMAX_THRESHOLD_S
+from AIFSelectorLib.prepare.preprocessing import bounding_box
 
 MIN_ISLAND_ML = 0.2
 """Connected regions smaller than this (ml) are noise, not lesion."""
@@ -38,8 +39,7 @@ def remove_islands(mask: np.ndarray, voxel_ml: float, min_volume_ml: float) -> n
     mask = np.asarray(mask, bool)
     if min_volume_ml <= 0 or not mask.any():
         return mask.copy()
-    box = tuple(slice(int(i.min()), int(i.max()) + 1)  # labelled within the mask's bounding box only
-                for i in (np.flatnonzero(mask.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))))
+    box = bounding_box(mask)  # labelled within the mask's bounding box only
     labels, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_ml
     keep = sizes >= min_volume_ml

@@ -25,7 +25,7 @@ from AIFSelectorLib.ctp_series import CTPSeries
 from AIFSelectorLib.input_functions.functions import InputFunctions
 from AIFSelectorLib.models.weights import WeightsError, load_checkpoint
 from AIFSelectorLib.models.device import resolve_device, thread_invariant
-from AIFSelectorLib.prepare.preprocessing import block_factors, block_sums, slabs
+from AIFSelectorLib.prepare.preprocessing import block_factors, block_sums, bounding_box, slabs
 
 KINDS = ("aif", "vof")
 
@@ -99,12 +99,12 @@ def head_window(series: CTPSeries, factors: Tuple[int, int], margin: Tuple[int, 
     no voxel reads as head."""
     fy, fx = factors
     cy, cx = -(-series.shape_zyx[1] // fy), -(-series.shape_zyx[2] // fx)
-    head = (np.asarray(series.data[0]) > HEAD_HU).any(axis=0)
-    rows, cols = np.flatnonzero(head.any(axis=1)), np.flatnonzero(head.any(axis=0))
-    if rows.size == 0:
+    box = bounding_box((np.asarray(series.data[0]) > HEAD_HU).any(axis=0))
+    if box is None:
         return slice(0, cy), slice(0, cx)
-    return (slice(max(0, rows[0] // fy - margin[0]), min(cy, rows[-1] // fy + 1 + margin[0])),
-            slice(max(0, cols[0] // fx - margin[1]), min(cx, cols[-1] // fx + 1 + margin[1])))
+    rows, cols = box
+    return (slice(max(0, rows.start // fy - margin[0]), min(cy, (rows.stop - 1) // fy + 1 + margin[0])),
+            slice(max(0, cols.start // fx - margin[1]), min(cx, (cols.stop - 1) // fx + 1 + margin[1])))
 
 
 def network_input(data_tzyx: np.ndarray, times_s: np.ndarray, config: AIFNetConfig,
@@ -212,8 +212,10 @@ def pre_contrast_level(series: CTPSeries, score: np.ndarray, n_baseline: int) ->
     with air and bone."""
     k = min(VOF_BASELINE_VOXELS, score.size)
     flat = score.ravel()
-    candidates = np.flatnonzero(flat > 0)  # air outside the networks' window scores 0: selecting among the
-    if candidates.size < k:                # many equal zeros took numpy's partition seconds on a whole brain
+    # air outside the networks' window scores 0: selecting among its many equal zeros took numpy's partition
+    # seconds on a whole brain, so the positive scores are searched when there are enough of them
+    candidates = np.flatnonzero(flat > 0)
+    if candidates.size < k:
         candidates = np.arange(flat.size)
     best = candidates[np.argpartition(flat[candidates], candidates.size - k)[candidates.size - k:]]
     n0 = max(1, n_baseline)
@@ -298,11 +300,10 @@ def dense_weighted_curves(series: CTPSeries, pvols) -> List[np.ndarray]:
     positive = np.zeros(series.shape_zyx[1:], bool)
     for p in pvols:
         positive |= (np.asarray(p) > 0).any(axis=0)
-    rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
+    window = bounding_box(positive)
     out = np.zeros((len(pvols), series.n_frames))
-    if rows.size == 0:
+    if window is None:
         return list(out)
-    window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     for zs in slabs(series.shape_zyx, max_voxels=1 << 18):
         weights = np.stack([np.asarray(p[(zs,) + window], np.float64) for p in pvols])
         out += np.einsum("tzyx,kzyx->kt", series.data[(slice(None), zs) + window], weights)
