@@ -361,10 +361,11 @@ def cmd_phantom(args):
 
 def cmd_serve(args):
     from StrokeLesionLib.web.serve import serve
+    from AIFSelectorLib.models.device import cuda_if_present
     _check_device(args.device)
+    device = cuda_if_present() if args.device == "auto" else args.device
     return serve(str(args.source) if args.source else None, args.host, args.port,
-                 str(args.exports) if args.exports else None, None if args.device == "auto" else args.device,
-                 args.max_upload_mb)
+                 str(args.exports) if args.exports else None, device, args.max_upload_mb)
 
 
 def cmd_demo(args):

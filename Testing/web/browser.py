@@ -97,6 +97,18 @@ class WebApp:
     def set_state(self, key, value):
         self.driver.execute_script("window.trame.state.set(arguments[0], arguments[1])", key, value)
 
+    def download(self, url_path):
+        """The bytes the server sends for ``url_path`` (e.g. /exports/...), or None when it answers 404."""
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(self.url.rstrip("/") + url_path, timeout=30) as response:
+                return response.read()
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            raise
+
     def wait(self, condition, timeout_s=180, what="condition"):
         end = time.time() + timeout_s
         while time.time() < end:

@@ -188,10 +188,22 @@ def test_paint_into_core_changes_the_volume_and_the_export_keeps_it(phantom, tmp
         shown = web.find("#volume-core_ml").text
         assert float(shown) == pytest.approx(after)
         shot(web, "05-painted-core")
+        web.click("tool-erase")
+        web.wait(lambda: web.state("segment_tool") == "erase", 10)
+        time.sleep(0.5)
+        web.drag([(left + w * 0.42 + 6 * i, top + h * 0.5 + 3 * i) for i in range(6)])  # half the stroke
+        web.wait(lambda: web.state("volumes")["core_ml"] < after - 0.2, 30, "the erased Core volume")
+        after = web.state("volumes")["core_ml"]
+        assert after > before  # the other half is still painted
         web.click("tool-none")
+        private = tmp_path / "exports" / "private-notes.txt"  # a file of the user's in the --exports folder
+        private.parent.mkdir(exist_ok=True)
+        private.write_text("not for the web")
         web.click("export")
         web.wait(lambda: web.state("exports"), 180, "the export")
         folder = Path(web.state("exports")[0]["folder"])
+        assert web.download(web.state("exports")[0]["files"][0]["url"]) == (folder / "report.json").read_bytes()
+        assert web.download("/exports/private-notes.txt") is None  # only the exports' downloads are served
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
         assert report["volumes_ml"]["core_ml"] == pytest.approx(after, abs=0.01)
         assert report["thresholds"]["core_rcbf"] == pytest.approx(0.3)
@@ -211,8 +223,15 @@ def test_invalid_upload_gives_a_message_and_the_app_keeps_working(tmp_path):
     good = write_series_nifti(tmp_path / "small_ctp.nii.gz", small.series)
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"\x1f\x8b this is not a CT perfusion series")
-    with WebApp(None, tmp_path / "web") as web:
+    big = tmp_path / "big.nii.gz"
+    big.write_bytes(np.random.default_rng(0).bytes(3_000_000))
+    with WebApp(None, tmp_path / "web", extra_args=["--max-upload-mb", "2"]) as web:
         web.wait(lambda: web.state("status_message") is not None, 60, "the page")
+        upload = web.find("#upload input[type=file], input[type=file]")
+        upload.send_keys(str(big))  # refused by the page before its bytes are sent
+        error = web.wait(lambda: web.state("error_message"), 60, "the size message")
+        assert "upload: the upload is 3 MB, more than the server's limit of 2 MB" in error, error
+        web.set_state("error_message", "")
         upload = web.find("#upload input[type=file], input[type=file]")
         upload.send_keys(str(bad))
         error = web.wait(lambda: web.state("error_message"), 60, "the error message")

@@ -108,6 +108,31 @@ def test_segments_recomputed_after_an_edit_go_to_a_new_segmentation(small_ctp, a
     assert second is not first
     assert np.array_equal(app.session.lesion.segmentMask(first, "core"), edited)  # the edit is still there
     assert "were kept" in app.state.status_message and first.GetName() in app.state.status_message
+    assert app.state.segmentation_names == [first.GetName(), second.GetName()]
+    app.state.ready()  # (a started server's state: its change handlers run on flush)
+    app.state.segmentation_name = first.GetName()  # the page's chooser: back to the edited segmentation
+    app.state.flush()
+    assert app.session.segmentation() is first
+    voxel_ml = app.session.series().geometry.voxel_volume_ml
+    assert app.state.volumes["core_ml"] == pytest.approx(edited.sum() * voxel_ml, abs=0.01)
+
+
+def test_frame_slider_and_tissue_curve_under_the_cursor(small_ctp, app):
+    run(app.open_path(small_ctp))
+    times = app.session.frame_times_s()
+    app.state.ready()  # (a started server's state: its change handlers run on flush)
+    app.state.frame_index = 5
+    app.state.flush()
+    assert app.session.aif.inputBrowser().GetSelectedItemNumber() == 5
+    assert app.state.frame_time_s == pytest.approx(times[5])
+    app.state.selector = "classic"
+    run(app.select_input_functions())
+    series = app.session.series()
+    z, y, x = (n // 2 for n in series.shape_zyx)
+    from AIFSelectorLib.mrml.conversion import zyx_to_ras
+    app._probe(list(zyx_to_ras([(z, y, x)], series.geometry)[0]))
+    tissue = np.array(app.state.curves["tissue_hu"], float)
+    assert np.allclose(tissue, series.data[:, z, y, x], atol=0.01)  # the voxel's own curve, in HU
 
 
 def test_uploads_are_checked_before_anything_is_written(tmp_path):
@@ -122,6 +147,8 @@ def test_uploads_are_checked_before_anything_is_written(tmp_path):
     assert check_upload([{"name": f"{i}.dcm", "size": 1, "content": b"x"} for i in range(3)]) == "dicom"
     with pytest.raises(InputError, match="limit of 5e-06 MB"):
         check_upload(one, max_mb=5e-6)  # 10 bytes against 5
+    with pytest.raises(InputError, match="limit of 5e-06 MB"):  # the bytes count, not the size declared
+        check_upload([{"name": "a.nii.gz", "size": 1, "content": [b"01234", b"56789"]}], max_mb=5e-6)
     with pytest.raises(InputError, match="got 2 file"):
         check_upload(one + [{"name": "b.mrb", "size": 1, "content": b"x"}])
     with pytest.raises(InputError, match="nothing was uploaded"):
@@ -135,6 +162,23 @@ def test_uploads_are_checked_before_anything_is_written(tmp_path):
     kind, path, folder = save_upload([{"name": "../evil.nii.gz", "size": 3, "content": [b"a", b"bc"]}], root)
     assert kind == "image" and path == folder / "evil.nii.gz" and path.read_bytes() == b"abc"
     assert folder.parent == root
+
+
+def test_a_websocket_message_cannot_allocate_more_than_the_upload_limit():
+    from wslink import chunking
+    from StrokeLesionLib.web.uploads import limit_websocket_messages
+    original = chunking.UnChunker.set_max_message_size
+    try:
+        limit_websocket_messages(1.0)
+        limit_websocket_messages(1.0)  # twice: still one cap, not a cap of a cap
+        unchunker = chunking.UnChunker()
+        unchunker.set_max_message_size(4 * 1024 ** 3)  # what wslink grants an authenticated client
+        assert unchunker.max_message_size == 1_000_000 + 64 * 2 ** 20
+        header = chunking._encode_header(7, 0, 2 * 1024 ** 3)  # a message declaring 2 GB
+        with pytest.raises(ValueError, match="exceeds the allocation limit"):
+            unchunker.process_chunk(header + b"x")
+    finally:
+        chunking.UnChunker.set_max_message_size = original
 
 
 def test_an_upload_that_does_not_load_is_a_message_and_is_removed(tmp_path, app):
@@ -205,8 +249,11 @@ def test_an_exported_scene_reopens_with_its_segments(small_ctp, tmp_path, app):
     run(app.compute_maps())
     run(app.create_segments())
     volumes = dict(app.state.volumes)
+    (app.exports_dir / "private-notes.txt").write_text("a file of the user's")
     app.export()
     folder = app.state.exports[0]["folder"]
+    served = sorted(p.relative_to(app.served_dir).as_posix() for p in app.served_dir.rglob("*") if p.is_file())
+    assert served == ["export-1/report.json", "export-1/report.png", "export-1/scene.mrb"]
     other = new_app()
     try:
         run(other.open_path(folder))  # an export folder holds scene.mrb

@@ -21,6 +21,15 @@ def nvidia_driver_present() -> bool:
     return bool(system_root) and os.path.exists(os.path.join(system_root, "System32", "nvcuda.dll"))
 
 
+def cuda_if_present() -> Optional[str]:
+    """'cuda' when an NVIDIA driver, torch and a CUDA device are present, else None (the CPU: numpy for the
+    deconvolution, torch on the CPU for the networks). torch is imported only when the driver is there."""
+    if not nvidia_driver_present() or not torch_available():
+        return None
+    import torch
+    return "cuda" if torch.cuda.is_available() else None
+
+
 def resolve_device(device: Optional[str] = "auto"):
     """The torch.device for 'auto' (or None: CUDA when present, else CPU), 'cpu' or 'cuda'; 'cuda' without
     CUDA is an InputError."""

@@ -29,7 +29,7 @@ from AIFSelectorLib.ctp_series import CTPSeries
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.input_functions.functions import InputFunctions, manual_input_functions
 from AIFSelectorLib.input_functions.policy import SELECTORS, canonical_selector, select_input_functions
-from AIFSelectorLib.models.device import nvidia_driver_present, torch_available
+from AIFSelectorLib.models.device import cuda_if_present
 from AIFSelectorLib.mrml.display import (COMPARE_LAYOUT_ID, COMPARE_LAYOUT_XML, COMPARE_VIEWS, CTP_WINDOW_HU,
                                          MAP_COLORS, MAP_DISPLAY, MAP_QUANTITIES, MAP_UNITS_UCUM, MARKUPS,
                                          PVOL_COLORS, SERIES_STYLE, store_compare_views)
@@ -170,10 +170,7 @@ class AIFSelectorLogic(ParameterNodeLogic):
         """Torch device for deconvolution and AIFNet: 'cuda' when a CUDA GPU and torch are present, unless
         useCPU; else None (numpy for deconvolution, CPU for AIFNet). torch is imported only when an NVIDIA
         driver is installed."""
-        if self.getParameter("useCPU") or not nvidia_driver_present() or not torch_available():
-            return None
-        import torch
-        return "cuda" if torch.cuda.is_available() else None
+        return None if self.getParameter("useCPU") else cuda_if_present()
 
     def computeInputFunctions(self, prepared, selector: str = "aifnet", device: Optional[str] = None,
                               progress: Callable = _noop_progress) -> InputFunctions:
@@ -532,9 +529,6 @@ class AIFSelectorLogic(ParameterNodeLogic):
             name, unit, wl = MAP_DISPLAY[key]
             values = np.asarray(perfusion.maps[key], dtype=np.float32)
             node = mc.volume_from_array(self.scene, values, geometry, name, self.getNode(MAP_PARAMETERS[key]))
-            if wl is None:
-                inside = values[perfusion.tissue] if np.any(perfusion.tissue) else values.ravel()
-                wl = (0.0, float(np.percentile(inside, 99.5)) if inside.size else 1.0)
             mc.set_volume_display(node, color, wl, lower_threshold=1e-6)
             mc.set_voxel_value_units(node, *MAP_UNITS_UCUM[key], MAP_QUANTITIES[key])
             node.SetAttribute("AIFSelector.Map", key)

@@ -8,10 +8,13 @@ MAP_DISPLAY = {
     "cbv": ("CBV", "ml/100g", (0.0, 6.0)),
     "mtt": ("MTT", "s", (0.0, 16.0)),
     "tmax": ("Tmax", "s", (0.0, 12.0)),
-    "ttp": ("TTP", "s", None),
+    "ttp": ("TTP", "s", (0.0, 40.0)),
     "rcbf": ("rCBF", "fraction of control", (0.0, 1.5)),
     "rcbv": ("rCBV", "fraction of control", (0.0, 1.5)),
 }
+# TTP counts from the series' first frame (it depends on when the scan started and the bolus arrived): 0-40 s is
+# fixed, like the other windows, for the usual 40-60 s acquisition with the arterial peak at 10-20 s (the demo
+# phantom's AIF peaks at 13 s, its healthy tissue at 15-20 s and its hypoperfused tissue up to 29 s).
 MAP_COLORS = ("vtkMRMLPETProceduralColorNodePET-Rainbow2",)
 """The maps' colours: PET-Rainbow2 (black at zero, then blue, green, yellow, red), a procedural table that
 every Slicer and slicer-core scene holds, so the app and a scene bundle show the same colours."""

@@ -25,7 +25,7 @@ MAP_DISPLAY = {  # name: (title, colour map, vmin, vmax)
     "cbv": ("CBV ml/100g", "jet", 0, 6),
     "mtt": ("MTT s", "jet", 0, 16),
     "tmax": ("Tmax s", "jet", 0, 12),
-    "ttp": ("TTP s", "jet", None, None),
+    "ttp": ("TTP s", "jet", 0, 40),  # the web app's and Slicer module's fixed window (mrml/display.py)
     "rcbf": ("rCBF (of control)", "jet", 0, 1.5),
 }
 COLOURS = {"core": (0.9, 0.1, 0.1), "penumbra": (0.1, 0.8, 0.1), "severe": (0.9, 0.0, 0.9), "lesion": (1.0, 0.85, 0.0)}
@@ -270,9 +270,6 @@ def save_report_figure(result, path, source: Optional[dict] = None) -> Path:
     for col, (key, (title, cmap, lo, hi)) in enumerate(MAP_DISPLAY.items()):
         values = p.maps[key][best]
         tissue = p.tissue[best]
-        if lo is None:
-            inside = values[tissue]
-            lo, hi = 0.0, float(np.percentile(inside, 99.5)) if inside.size else 1.0
         rgb = to_rgb(values, jet if cmap == "jet" else colour_table(cmap), lo, hi)
         rgb[~tissue] = 255
         x, y, w, h = page.tile(col, 1, rgb, f"{title}, z = {slice_position_mm(g, best):.1f} mm", labels,

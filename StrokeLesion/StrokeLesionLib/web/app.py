@@ -27,7 +27,7 @@ from StrokeLesionLib.web.map_display import (REVIEW_VIEW, add_color_legends, map
                                              remove_color_legends, review_layouts)
 from StrokeLesionLib.web.session import ReviewSession, view_xy_to_ras
 from StrokeLesionLib.web.tasks import TaskRunner
-from StrokeLesionLib.web.uploads import DEFAULT_MAX_UPLOAD_MB, save_upload
+from StrokeLesionLib.web.uploads import DEFAULT_MAX_UPLOAD_MB, save_upload, upload_size_message
 
 log = logging.getLogger("strokelesion.web")
 
@@ -42,8 +42,8 @@ STATE_DEFAULTS = {
     "method": "osvd", "maps_ready": False, "maps_summary": {}, "layout": "review", "map_legend": [],
     "core_rcbf": CORE_RCBF, "tmax_s": TMAX_THRESHOLD_S, "preview_volumes": {},
     "lesion_model": "none", "segments_ready": False, "segment_role": "core", "segment_tool": "none",
-    "brush_mm": 10.0, "volumes": {}, "segmentation_name": "",
-    "exports": [], "upload_files": None,
+    "brush_mm": 10.0, "volumes": {}, "segmentation_name": "", "segmentation_names": [],
+    "exports": [], "upload_files": None, "upload_key": 0, "max_upload_mb": 0.0,
     "busy": False, "progress": 0, "progress_text": "", "status_message": "", "error_message": "",
     "probe": "", "view_xy_to_ras": {},
 }
@@ -53,8 +53,10 @@ class StrokeLesionWebApp:
     """The app on a trame server: ``StrokeLesionWebApp(server, source).server.start(...)``.
 
     source: a CTP (anything `strokelesion run` reads), a scene bundle (.mrb), a `run`/export folder holding
-    scene.mrb, or None (upload one from the page). exports_dir: where exports are written (and served
-    from, at /exports). device: 'cpu', 'cuda' or None (auto).
+    scene.mrb, or None (upload one from the page). exports_dir: where exports are written; the page offers
+    their report.json, report.png and scene.mrb from copies in a private folder (served at /exports), so
+    nothing else of exports_dir is ever served. device: 'cpu', 'cuda' or None (the CPU; `serve --device auto`
+    gives 'cuda' when present).
     """
 
     def __init__(self, server, source: Optional[str] = None, exports_dir: Optional[Path] = None,
@@ -73,7 +75,9 @@ class StrokeLesionWebApp:
         self.upload_root.mkdir()
         self.exports_dir = Path(exports_dir) if exports_dir else self._work / "exports"
         self.exports_dir.mkdir(parents=True, exist_ok=True)
-        server.enable_module({"serve": {"exports": str(self.exports_dir)}})
+        self.served_dir = self._work / "served"  # what /exports serves: copies of the exports' downloads only
+        self.served_dir.mkdir()
+        server.enable_module({"serve": {"exports": str(self.served_dir)}})
 
         self.slicer_app = SlicerApp()
         sequences = self.slicer_app.register_module_logic(slicer.vtkSlicerSequencesLogic())
@@ -92,7 +96,7 @@ class StrokeLesionWebApp:
         self.slicer_app.segmentation_editor.segmentation_modified.connect(self._schedule_volumes)
         self._observed = []
         self._volumes_pending = False
-        self.state.update(dict(STATE_DEFAULTS))
+        self.state.update(dict(STATE_DEFAULTS, max_upload_mb=float(max_upload_mb)))
         self.state.trame__title = "StrokeLesion"
         self._bind()
 
@@ -107,7 +111,8 @@ class StrokeLesionWebApp:
     def _bind(self) -> None:
         ctrl, state = self.server.controller, self.state
         for name in ("select_input_functions", "compute_maps", "create_segments", "export", "cancel",
-                     "use_automatic", "clear_picks", "upload", "show_layout", "reset_view", "dismiss_error"):
+                     "use_automatic", "clear_picks", "upload", "upload_too_large", "show_layout", "reset_view",
+                     "dismiss_error"):
             ctrl[name] = getattr(self, name)
         state.change("frame_index")(self._guard(self._on_frame))
         state.change("pvol_overlay", "pvol_opacity")(self._guard(self._on_overlay))
@@ -115,6 +120,7 @@ class StrokeLesionWebApp:
         state.change("radius_vox")(self._guard(self._on_radius))
         state.change("core_rcbf", "tmax_s")(self._guard(self._on_thresholds))
         state.change("segment_role", "segment_tool", "brush_mm")(self._guard(self._on_segment_tool))
+        state.change("segmentation_name")(self._guard(self._on_segmentation))
         ctrl.on_server_exited.add(lambda **_: self.close())
 
     def _guard(self, handler):
@@ -243,8 +249,8 @@ class StrokeLesionWebApp:
         remove_color_legends(self.slicer_app.scene)
         self.slicer_app.scene.Clear(0)
         self.session = ReviewSession(self.slicer_app.scene)
-        self.state.update({k: v for k, v in STATE_DEFAULTS.items()
-                           if k not in ("busy", "progress", "progress_text", "status_message", "exports")})
+        self.state.update({k: v for k, v in STATE_DEFAULTS.items() if k not in (
+            "busy", "progress", "progress_text", "status_message", "exports", "max_upload_mb", "upload_key")})
         self.show_layout("review")
 
     def _show_case(self, name: str, note: str) -> None:
@@ -283,6 +289,12 @@ class StrokeLesionWebApp:
         if not ok and folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
         self.state.upload_files = None  # the next upload starts from an empty file input
+
+    def upload_too_large(self, total_bytes) -> None:
+        """The page refused a selection over the limit before sending it: the message, and an empty input."""
+        self.tasks.report_error(InputError(upload_size_message(float(total_bytes), self.max_upload_mb)), "upload")
+        self.state.upload_files = None
+        self.state.upload_key += 1  # a new file input: the refused selection is not sent with the next one
 
     # -------------------------------------------------------------------------------- frames and views
 
@@ -507,10 +519,19 @@ class StrokeLesionWebApp:
                                                                "SegmentRemoved") if hasattr(slicer.vtkSegmentation, e)]
         self._observe(seg.GetSegmentation(), events, self._schedule_volumes)
         self.state.segments_ready = True
+        self.state.segmentation_names = self.session.segmentation_names()
         self.state.segmentation_name = seg.GetName()
         self._on_segment_tool(self.state.segment_role, self.state.segment_tool, self.state.brush_mm)
         self._update_volumes()
         self._render()
+
+    def _on_segmentation(self, segmentation_name, **_):
+        """The segmentation chosen in the page becomes the one edited, measured and exported (an edited one
+        that a later 'Create segments' left aside can so be taken up again)."""
+        seg = self.session.segmentation()
+        if self.state.segments_ready and seg is not None and segmentation_name != seg.GetName():
+            self.session.use_segmentation(segmentation_name)
+            self._activate_segmentation()
 
     def _on_segment_tool(self, segment_role, segment_tool, brush_mm, **_):
         from trame_slicer.segmentation import (BrushDiameterMode, SegmentationEffectErase,
@@ -564,9 +585,13 @@ class StrokeLesionWebApp:
         except Exception as e:  # noqa: BLE001
             self.tasks.report_error(e, "export")
             return
+        offered = [f for f in files if f in ("report.json", "report.png", "scene.mrb")]
+        served = self.served_dir / folder.name
+        served.mkdir()
+        for name in offered:
+            shutil.copyfile(folder / name, served / name)
         entry = {"name": folder.name, "folder": str(folder),
-                 "files": [{"name": f, "url": f"/exports/{folder.name}/{f}"} for f in files
-                           if f in ("report.json", "report.png", "scene.mrb")]}
+                 "files": [{"name": f, "url": f"/exports/{folder.name}/{f}"} for f in offered]}
         self.state.exports = [entry] + list(self.state.exports)
         self.state.status_message = f"exported {len(files)} files to {folder}"
 

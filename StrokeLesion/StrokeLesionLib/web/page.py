@@ -66,9 +66,14 @@ def _status(v, html, ctrl):
 
 def _case(v, html, ctrl):
     html.Div("1. Case", classes="sl-section")
+    # a selection over the server's limit is refused here, before its bytes are sent (the server checks again)
+    size = "[].concat($event).reduce((s, f) => s + (f.size || 0), 0)"
     v.VFileInput(label="Open a CTP (.nii.gz, .nrrd, DICOM files) or a scene (.mrb)", multiple=True,
                  density="compact", hide_details=True, id="upload", show_size=True, v_model=("upload_files", None),
-                 update_modelValue="trigger('%s', [$event])" % ctrl.trigger_name(ctrl.upload),
+                 key=("upload_key",),
+                 update_modelValue=f"(!$event || ![].concat($event).length) ? null : ({size} > max_upload_mb * 1e6)"
+                                   f" ? trigger('{ctrl.trigger_name(ctrl.upload_too_large)}', [{size}])"
+                                   f" : trigger('{ctrl.trigger_name(ctrl.upload)}', [$event])",
                  disabled=("busy",))
     html.Div("{{ source_info }}", classes="sl-small", id="source-info")
     with html.Div(v_if=("case_loaded",), classes="d-flex align-center"):
@@ -146,7 +151,8 @@ def _decision(v, html, ctrl):
 def _segments(v, html):
     html.Div("5. Segments", classes="sl-section")
     with html.Div(v_if=("segments_ready",)):
-        html.Div("{{ segmentation_name }}", classes="sl-small", id="segmentation-name")
+        v.VSelect(v_model=("segmentation_name",), items=("segmentation_names",), label="segmentation",
+                  density="compact", hide_details=True, style="max-width: 300px;", id="segmentation-name")
         with v.VBtnToggle(v_model=("segment_role",), density="compact", mandatory=True, id="segment-role"):
             v.VBtn("Core", value="core", size="small", id="role-core")
             v.VBtn("Penumbra", value="penumbra", size="small", id="role-penumbra")

@@ -34,7 +34,9 @@ def serve(source: Optional[str] = None, host: str = "127.0.0.1", port: int = 808
     from trame.app import get_server
 
     from StrokeLesionLib.web.app import StrokeLesionWebApp
+    from StrokeLesionLib.web.uploads import limit_websocket_messages
 
+    limit_websocket_messages(max_upload_mb)
     server = get_server("strokelesion", client_type="vue3")
     app = StrokeLesionWebApp(server, source, Path(exports) if exports else None, device, max_upload_mb)
     status = {"code": 0}

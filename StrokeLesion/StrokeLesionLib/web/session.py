@@ -284,6 +284,21 @@ class ReviewSession:
     def segmentation(self):
         return self.lesion.getNode("segmentation")
 
+    def segmentation_names(self) -> List[str]:
+        """Names of the scene's segmentations, in the order they were made (an edited one a recompute left
+        aside among them)."""
+        nodes = self.scene.GetNodesByClass("vtkMRMLSegmentationNode")
+        return [nodes.GetItemAsObject(i).GetName() for i in range(nodes.GetNumberOfItems())]
+
+    def use_segmentation(self, name: str) -> None:
+        """The segmentation named ``name`` becomes the one edited, measured and exported."""
+        nodes = self.scene.GetNodesByClass("vtkMRMLSegmentationNode")
+        found = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())
+                 if nodes.GetItemAsObject(i).GetName() == name]
+        if not found:
+            raise InputError(f"no segmentation named {name!r}")
+        self.lesion.setNode("segmentation", found[0])
+
     def segment_id(self, role: str) -> Optional[str]:
         seg = self.segmentation()
         return None if seg is None else self.lesion._segmentId(seg, role)

@@ -49,14 +49,44 @@ def file_content(item: Dict) -> bytes:
     raise InputError(f"the upload of {item.get('name')!r} arrived without content")
 
 
+def upload_size_message(total_bytes: float, max_mb: float) -> str:
+    return (f"the upload is {total_bytes / 1e6:.0f} MB, more than the server's limit of {max_mb:g} MB "
+            "(start it with a larger --max-upload-mb)")
+
+
+def content_size(item: Dict) -> int:
+    """Bytes of one trame file-input entry's content (0 when it has none)."""
+    content = item.get("content")
+    if isinstance(content, (bytes, bytearray)):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(c) for c in content)
+    return 0
+
+
+def limit_websocket_messages(max_mb: float) -> None:
+    """Caps what one websocket message may allocate on the server at ``max_mb`` (plus 64 MB for the message's
+    other fields): wslink lets an authenticated client declare messages of up to 4 GB, allocated before their
+    bytes arrive, and an upload arrives as one message. A larger one closes that client's connection; the page
+    itself refuses a too-large selection before sending it (page.py), with a message."""
+    from wslink import chunking
+    cap = int(max_mb * 1e6) + 64 * 2 ** 20
+    original = getattr(chunking.UnChunker.set_max_message_size, "__wrapped__",
+                       chunking.UnChunker.set_max_message_size)
+
+    def capped(self, size):
+        original(self, min(int(size), cap))
+    capped.__wrapped__ = original
+    chunking.UnChunker.set_max_message_size = capped
+
+
 def check_upload(items: List[Dict], max_mb: float = DEFAULT_MAX_UPLOAD_MB) -> str:
     """'image', 'scene' or 'dicom' for a set of uploaded files, or InputError naming what is wrong."""
     if not items:
         raise InputError("nothing was uploaded")
-    total = sum(int(i.get("size") or len(i.get("content") or b"")) for i in items)
+    total = sum(content_size(i) for i in items)  # the bytes that arrived, not the size a browser declares
     if total > max_mb * 1e6:
-        raise InputError(f"the upload is {total / 1e6:.0f} MB, more than the server's limit of {max_mb:g} MB "
-                         "(start it with a larger --max-upload-mb)")
+        raise InputError(upload_size_message(total, max_mb))
     suffixes = {_suffix(safe_name(i.get("name"))) for i in items}
     if len(items) == 1 and suffixes <= set(IMAGE_SUFFIXES):
         return "image"
