@@ -400,14 +400,11 @@ def cmd_batch(args):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    with _progress_bar("cases") as bar:
+    from StrokeLesionLib.case.batch_display import cases_progress, format_summary_table
+    with cases_progress() as progress:
         rows = run_batch(cases, out, options, args.workers, args.threads_per_worker, args.scheduler,
-                         args.retry_failed, progress=lambda done, failed, running, total: bar((done + failed) / total))
-    width = max(len(r["case_id"]) for r in rows)
-    for r in rows:
-        detail = (f"core {r['core_ml']} ml, penumbra {r['penumbra_ml']} ml, mismatch {r['mismatch_ratio']}"
-                  if r["status"] == "done" else r["error"])
-        print(f"{r['case_id']:<{width}}  {r['status']:<6}  {detail}")
+                         args.retry_failed, progress=progress)
+    print(format_summary_table(rows))
     n_failed = sum(r["status"] != "done" for r in rows)
     print(f"{len(rows) - n_failed} of {len(rows)} cases done, {n_failed} failed; summary in {out / 'summary.csv'}")
     if args.reference:

@@ -63,6 +63,43 @@ def test_batch_runs_every_case_and_resumes(cohort, capsys):
     assert [i for i in stamps if after[i] != stamps[i]] == [2]
 
 
+def test_a_csv_manifest_redoes_a_failed_case_when_its_options_change(cohort, tmp_path, capsys):
+    """A CSV manifest (relative paths from its folder); a failed case is kept as failed while nothing changed,
+    redone when the options change, retried with --retry-failed; progress counts every case, and the printed
+    table gives each case's volumes or its error."""
+    from StrokeLesionLib.case.batch import read_manifest, run_batch
+    manifest = cohort / "two.csv"
+    manifest.write_text("case_id,input\nok,cases/case0/ctp.nii.gz\nbroken,cases/case5/ctp.nii.gz\n",
+                        encoding="utf-8")
+    cases = read_manifest(manifest)
+    assert [(c.case_id, c.input) for c in cases] == [("ok", str(cohort / "cases/case0/ctp.nii.gz")),
+                                                     ("broken", str(cohort / "cases/case5/ctp.nii.gz"))]
+    out = tmp_path / "results"
+    seen = []
+
+    def batch(options, **kwargs):
+        seen.clear()
+        rows = run_batch(cases, out, ["--aif", "classic", *options], workers=2,
+                         progress=lambda *counts: seen.append(counts), **kwargs)
+        return {r["case_id"]: r for r in rows}
+
+    rows = batch([])
+    assert rows["ok"]["status"] == "done" and rows["broken"]["status"] == "failed"
+    assert seen[-1] == (1, 1, 0, 2)  # done, failed, running, of the cases run
+    assert all(d + f + r <= t for d, f, r, t in seen)
+    assert batch([])["broken"]["status"] == "failed" and seen == []  # nothing changed: no work
+    rows = batch(["--tmax", "7"])  # changed options: both redone
+    assert seen[-1] == (1, 1, 0, 2) and "truncated" in rows["broken"]["error"]
+    batch(["--tmax", "7"], retry_failed=True)
+    assert seen[-1] == (0, 1, 0, 1)  # only the failure, retried
+    assert main(["batch", str(manifest), "--out", str(out), "--aif", "classic", "--tmax", "7"]) == 1
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["case", "status", "core", "penumbra"]
+    ok = next(line for line in table if line.startswith("ok ")).split()
+    assert ok[1] == "done" and float(ok[2]) == pytest.approx(float(rows["ok"]["core_ml"]))
+    assert "truncated" in next(line for line in table if line.startswith("broken "))
+
+
 @contextlib.contextmanager
 def dask_cluster(folder, worker_args):
     """A dask scheduler and two workers (``worker_args`` added to each) as separate processes on 127.0.0.1;
@@ -127,7 +164,11 @@ def test_a_killed_worker_does_not_lose_cases(cohort, tmp_path):
         batch = threading.Thread(target=lambda: result.append(main(
             ["batch", str(cohort / "cases"), "--out", str(out), "--aif", "classic", "--scheduler", address])))
         batch.start()
-        time.sleep(4.0)
+        t0 = time.monotonic()  # both workers run a case (two staging folders) before one is killed
+        while len([p for p in out.glob(".*partial-*")] if out.exists() else []) < 2 and time.monotonic() - t0 < 120:
+            time.sleep(0.05)
+        assert batch.is_alive(), "the batch ended before a worker could be killed"
+        assert len(list(out.glob(".*partial-*"))) >= 2, "the two workers never ran cases at once"
         workers[0].send_signal(signal.SIGKILL)
         batch.join(600)
     assert result == [1]  # only the corrupted case failed

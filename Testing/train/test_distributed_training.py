@@ -14,8 +14,9 @@ pytest.importorskip("torch")
 HERE = Path(__file__).resolve().parent
 
 
-def torchrun(args, timeout=600):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
+def torchrun(args, timeout=600, processes=2):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               *map(str, args)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=HERE.parents[1])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -37,6 +38,19 @@ def test_aifnet_trains_on_two_processes_and_resumes(tmp_path):
     b0, _ = losses(resumed)
     assert b0[:20] == a0[:20]  # restored from the state
     assert np.allclose(b0[20:], a0[20:], rtol=0, atol=1e-6), (a0[20:], b0[20:])  # the next losses
+
+
+def test_two_processes_take_the_steps_of_one_process_with_their_global_batch(tmp_path):
+    """The distributed sampler: 2 processes of batch 1 and 1 process of batch 2 see the same samples at each
+    step, and DDP's averaged gradient is the batch's: the same losses to float tolerance."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    torchrun([HERE / "ddp_aifnet.py", two, 12, 0, "", 1])
+    torchrun([HERE / "ddp_aifnet.py", one, 12, 0, "", 2], processes=1)
+    a0, _ = losses(two)
+    b0 = json.loads((one / "losses.rank0.json").read_text(encoding="utf-8"))["losses"]
+    assert len(a0) == len(b0) == 12
+    assert np.allclose(a0, b0, rtol=0, atol=1e-5), (a0, b0)
+    assert not np.allclose(a0[1:], a0[:-1])  # the loss moved: a real training, not a constant
 
 
 def test_xnet_trains_on_two_processes_and_resumes(tmp_path):

@@ -4,11 +4,13 @@
     torchrun --nproc_per_node 2 -m training.aifnet.train --kind aif --out runs/aif [--state-every 100]
     python -m training.aifnet.train --kind aif --out runs/aif --resume runs/aif/state.pt
 
-Under torchrun every process trains on its own random samples and DistributedDataParallel averages the
-gradients (global batch = the number of processes; training.common.distributed); ``--state-every N`` writes a
-resumable state (model, optimiser, schedule, step, every rank's random state) to ``<out>/state.pt``.
+Under torchrun every process trains on its share of each step's global batch (``--batch-size`` per process x
+the number of processes, drawn the same on every rank; training.common.distributed) and DistributedDataParallel
+averages the gradients, so N processes of batch b take the steps one process of batch N x b takes;
+``--state-every N`` writes a resumable state (model, optimiser, schedule, step) to ``<out>/state.pt``.
 
-Pearson-correlation loss, SGD with momentum, batch size 1, perfusion-specific augmentation, early
+Pearson-correlation loss (the mean over the batch), SGD with momentum, batch size 1 by default (the shipped
+weights were trained so), perfusion-specific augmentation, early
 stopping on the validation split (best validation mean r kept). Writes ``<out>/aifnet_<kind>.pt``
 (config + state_dict + training metadata) and ``<out>/history.json``.
 """
@@ -24,7 +26,7 @@ import torch
 
 from AIFSelectorLib.input_functions.aifnet.model import AIFNetConfig, network_frames
 from AIFSelectorLib.models.blocks import count_parameters
-from training.common.distributed import Distributed, load_state, rank_rng, save_state, setup, unwrap
+from training.common.distributed import Distributed, load_state, save_state, setup, step_rng, unwrap
 from training.common.weights_io import write_checkpoint
 
 from .ablation import build_model, segmentation_loss
@@ -64,13 +66,16 @@ def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[
                 variant: str = "pvol", iters: int = 3000, lr: float = 0.01, momentum: float = 0.9,
                 eval_every: int = 100, patience: int = 8, seed: int = 0, max_minutes: Optional[float] = None,
                 normalise_gradient: bool = True, log=print, distributed: Optional[Distributed] = None,
-                state_path: Optional[Path] = None, state_every: int = 0, resume: Optional[Path] = None) -> Dict:
+                state_path: Optional[Path] = None, state_every: int = 0, resume: Optional[Path] = None,
+                batch_size: int = 1) -> Dict:
     """Trains and returns {'model', 'history', 'best_val_r', 'iters_done', 'seconds', 'losses'}.
 
     config: network configuration; by default K=5 (aif) / 2 (vof), n_frames = the shortest training series.
-    distributed: this process's place in a torchrun run (default: alone). state_path, state_every: a
-    resumable state every ``state_every`` iterations; resume: such a state to continue from. 'losses': the
-    loss of every iteration (mean over the processes).
+    distributed: this process's place in a torchrun run (default: alone). batch_size: samples per process and
+    iteration (the loss is their mean). state_path, state_every: a resumable state every ``state_every``
+    iterations; resume: such a state to continue from. 'losses': the loss of every iteration (mean over the
+    processes). Iteration k's samples come from step_rng(seed, k): the same global batch whatever the number
+    of processes.
     """
     train = [s for s in train if s.get(kind) is not None]
     if not train:
@@ -85,7 +90,6 @@ def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[
         raise ValueError("the segmentation ablation calls the network's logits directly, outside "
                          "DistributedDataParallel: train it in one process")
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    rng = rank_rng(seed, d) if d.active else np.random.default_rng(seed)
     model = d.wrap(build_model(config, variant))
     core = unwrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True)
@@ -97,7 +101,7 @@ def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[
     T = config.n_frames
     first = 1
     if resume is not None:
-        extra = load_state(resume, d, model, opt, rng, sched, scaler)["extra"]
+        extra = load_state(resume, d, model, opt, None, sched, scaler)["extra"]
         first = int(extra["iteration"]) + 1
         history, bad, running, losses = extra["history"], int(extra["bad"]), list(extra["running"]), list(extra["losses"])
         best = {"r": float(extra["best_r"]), "state": extra.get("best_state"), "iter": int(extra["best_iter"])}
@@ -105,13 +109,17 @@ def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[
     model.train()
     it = first - 1
     for it in range(first, iters + 1):
-        s = augment(train[int(rng.integers(len(train)))], rng)
-        x = _to_tensor(s["x"][:T])[None].to(d.device)
-        target = _to_tensor(s[kind][:T])[None].to(d.device)
+        picks = step_rng(seed, it).integers(len(train), size=batch_size * d.world_size)  # the global batch
+        places = range(*d.share(batch_size).indices(len(picks)))
+        samples = [augment(train[int(picks[j])], step_rng(seed, it, j)) for j in places]
+        x = torch.stack([_to_tensor(s["x"][:T]) for s in samples]).to(d.device)
+        target = torch.stack([_to_tensor(s[kind][:T]) for s in samples]).to(d.device)
         with d.autocast():
             if variant == "segmentation":
-                mask = s["artery_mask" if kind == "aif" else "vein_mask"]
-                loss = segmentation_loss(core.logits(x), torch.from_numpy(np.ascontiguousarray(mask))[None].to(d.device))
+                masks = [np.ascontiguousarray(s["artery_mask" if kind == "aif" else "vein_mask"]) for s in samples]
+                logits = core.logits(x)
+                loss = sum(segmentation_loss(logits[i:i + 1], torch.from_numpy(m)[None].to(d.device))
+                           for i, m in enumerate(masks)) / len(masks)
             elif variant == "regression":
                 loss = pearson_loss(model(x), target)
             else:
@@ -137,7 +145,7 @@ def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[
         running.append(step_loss)
         losses.append(step_loss)
         if it % eval_every == 0 or it == iters:
-            vr = validation_r(core, val, kind) if (val and variant != "regression") else float("nan")
+            vr = d.agreed(validation_r(core, val, kind)) if (val and variant != "regression") else float("nan")
             tl = float(np.mean(running))
             running = []
             history["iter"].append(it)
@@ -155,11 +163,11 @@ def train_model(kind: str, train: List[Dict], val: List[Dict], config: Optional[
                 if bad >= patience:
                     log(f"[{kind}] early stop at iter {it} (best val r {best['r']:.4f} at iter {best['iter']})")
                     break
-            if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+            if max_minutes is not None and d.any(time.perf_counter() - t0 > 60 * max_minutes):
                 log(f"[{kind}] time budget reached at iter {it}")
                 break
         if state_path is not None and state_every and it % state_every == 0:
-            save_state(state_path, d, model, opt, it, rng, sched, scaler, extra={
+            save_state(state_path, d, model, opt, it, None, sched, scaler, extra={
                 "iteration": it, "history": history, "bad": bad, "running": running, "losses": losses,
                 "best_r": float(best["r"]), "best_iter": int(best["iter"]),
                 **({"best_state": best["state"]} if best["state"] is not None else {})})
@@ -201,6 +209,7 @@ def build_parser():
     p.add_argument("--base-width", type=int, default=8)
     p.add_argument("--max-width", type=int, default=32, help="0: no cap (the paper's widths with --base-width 16)")
     p.add_argument("--n-frames", type=int, help="frames the network sees (default: shortest training series)")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per process and iteration")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--max-minutes", type=float)
@@ -235,7 +244,7 @@ def main(argv=None) -> int:
                          seed=args.seed, max_minutes=args.max_minutes,
                          normalise_gradient=not args.raw_gradient, log=log, distributed=d,
                          state_path=args.out / "state.pt" if args.state_every else None,
-                         state_every=args.state_every, resume=args.resume)
+                         state_every=args.state_every, resume=args.resume, batch_size=args.batch_size)
     (args.out / f"losses.rank{d.rank}.json").parent.mkdir(parents=True, exist_ok=True)
     (args.out / f"losses.rank{d.rank}.json").write_text(json.dumps(result["losses"]))
     if not d.is_main:
@@ -244,7 +253,7 @@ def main(argv=None) -> int:
     cmd = "python -m training.aifnet.train " + " ".join(argv if argv is not None else sys.argv[1:])
     extra = {"training_command": cmd, "train_seeds": [TRAIN_SEED0, TRAIN_SEED0 + args.n_train - 1],
              "val_seeds": [VAL_SEED0, VAL_SEED0 + args.n_val - 1], "variant": args.variant,
-             "lr": args.lr, "momentum": args.momentum, "batch_size": 1, "processes": d.world_size,
+             "lr": args.lr, "momentum": args.momentum, "batch_size": args.batch_size, "processes": d.world_size,
              "optimizer": "SGD, Nesterov momentum, " + ("raw" if args.raw_gradient else "unit-normalised") + " gradient",
              "date": time.strftime("%Y-%m-%d"), "isles_cases": bool(args.isles_root and args.isles_csv)}
     path = save_checkpoint(args.out / f"aifnet_{args.kind}.pt", result, extra)

@@ -5,10 +5,20 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) it joins the process group,
 the CPU, and :meth:`Distributed.wrap` puts the model in DistributedDataParallel, which averages the gradients
 of every rank in each backward pass; alone it is a no-op (one process, the model as it is).
 
-Samples: the trainers draw their samples at random with replacement (AIFNet: one case per iteration,
-augmented; the lesion models: case-balanced batches). Under DDP each rank draws from its own random stream
-(:func:`rank_rng`: seed + RANK_SEED_STRIDE x rank), which is what a DistributedSampler gives for sampling with
-replacement: the global batch of one step is the ranks' samples together (per-rank batch x world size).
+Samples: a distributed sampler of the global batch. At step k every rank draws the same global batch, of
+per-rank batch x world size samples, from the step's own random stream (:func:`step_rng`: seed and k; a
+sample's augmentation from seed, k and its place in the batch), and keeps its share (:meth:`Distributed.share`:
+places rank x b to (rank + 1) x b). So N processes of batch b see, step by step, the samples that one
+process of batch N x b sees, and with DDP's gradient averaging they take the same steps (tested for AIFNet to
+float tolerance: two processes of batch 1 against one of batch 2). torch's DistributedSampler, which splits an
+epoch's permutation, cannot express the trainers' sampling (with replacement, case-balanced, lesion-weighted);
+this sampler keeps it and is stateless, so a resumed run draws exactly what the uninterrupted one drew. Batch
+normalisation is the one exception to the equivalence: its statistics are per rank, unless the run is on CUDA,
+where :meth:`Distributed.wrap` makes them global (SyncBatchNorm).
+
+Decisions (early stopping, learning-rate decay, time limits) are taken on values every rank agrees on
+(:meth:`Distributed.agreed`: rank 0's validation score; :meth:`Distributed.any`: a limit reached on any rank), so
+no rank leaves the loop while another waits for it in a collective.
 
 Mixed precision: :meth:`Distributed.autocast` and the GradScaler of :meth:`Distributed.scaler` run float16
 on CUDA and change nothing on the CPU.
@@ -51,11 +61,14 @@ class Distributed:
         return self.world_size > 1
 
     def wrap(self, model: torch.nn.Module, find_unused: bool = False) -> torch.nn.Module:
-        """The model on this rank's device, in DistributedDataParallel when several processes train.
-        find_unused: some parameters may take no part in a step's loss (staged training)."""
+        """The model on this rank's device, in DistributedDataParallel when several processes train (on CUDA
+        with SyncBatchNorm: batch statistics of the global batch). find_unused: some parameters may take no part
+        in a step's loss (staged training)."""
         model = model.to(self.device)
         if not self.active:
             return model
+        if self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 
@@ -66,6 +79,19 @@ class Distributed:
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
+
+    def share(self, per_rank: int) -> slice:
+        """This rank's places in a step's global batch of ``per_rank`` x world size samples."""
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    def agreed(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank (a validation score that decisions are taken on: with per-rank batch
+        statistics the ranks' own scores can differ)."""
+        return float(self.gather(float(value))[0])
+
+    def any(self, condition: bool) -> bool:
+        """True on every rank when ``condition`` holds on any rank (a time limit)."""
+        return self.mean(float(bool(condition))) > 0
 
     def gather(self, obj) -> list:
         """Every rank's ``obj``, in rank order (on every rank)."""
@@ -119,13 +145,19 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def step_rng(seed: int, step: int, *place: int) -> np.random.Generator:
+    """The random stream of step ``step``'s global batch (or, with ``place``, of one sample in it): the same on
+    every rank and whatever the number of ranks (see the module doc)."""
+    return np.random.default_rng([int(seed), int(step), *map(int, place)])
+
+
 def rank_rng(seed: int, d: Distributed) -> np.random.Generator:
-    """This rank's random stream (see the module doc)."""
+    """This rank's own random stream, for what is not part of the global batch (see the module doc)."""
     return np.random.default_rng(seed + RANK_SEED_STRIDE * d.rank)
 
 
-def _random_state(rng: np.random.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}
+def _random_state(rng: Optional[np.random.Generator]) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state if rng is not None else {}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -178,5 +210,6 @@ def load_state(path, d: Distributed, model, optimizer, rng: np.random.Generator,
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    rng.bit_generator.state = state["numpy"]
+    if rng is not None:
+        rng.bit_generator.state = state["numpy"]
     return payload

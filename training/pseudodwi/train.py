@@ -117,7 +117,7 @@ def run_training(model, train_samples: Sequence[dict], val_samples: Sequence[dic
     distributed: this process's place in a torchrun run (default: alone); state_path, state_every: a resumable
     state every ``state_every`` iterations; resume: such a state to continue from."""
     import torch
-    from training.common.distributed import Distributed, load_state, rank_rng, save_state
+    from training.common.distributed import Distributed, load_state, rank_rng, save_state, step_rng
     d = distributed or Distributed()
     t_start = time.perf_counter()
     rng = rank_rng(opts.seed, d) if d.active else np.random.default_rng(opts.seed)
@@ -160,8 +160,9 @@ def run_training(model, train_samples: Sequence[dict], val_samples: Sequence[dic
             model.eval()
             for m in modules:
                 m.train()
-            b = {k: torch.from_numpy(v).to(d.device) for k, v in random_batch(train_samples, rng, opts.batch_size,
-                                                                               opts.crop).items()}
+            global_batch = random_batch(train_samples, step_rng(opts.seed, it_total + 1),
+                                        opts.batch_size * d.world_size, opts.crop)  # the same on every rank
+            b = {k: torch.from_numpy(v[d.share(opts.batch_size)]).to(d.device) for k, v in global_batch.items()}
             with d.autocast():
                 out = wrapped(b["x"])
                 terms = total_loss(out, b["dwi"], b["lesion"], b["weight_map"], model.context, opts.losses, stage)
@@ -175,7 +176,7 @@ def run_training(model, train_samples: Sequence[dict], val_samples: Sequence[dic
             history.append((it_total, stage, d.mean(terms["total"].item())))
             out_of_time = d.mean(float(time.perf_counter() > stage_end)) > 0
             if segmenting and val_samples and (it % opts.eval_every == 0 or it == n_iters or out_of_time):
-                score = validation_dice(model, val_samples)
+                score = d.agreed(validation_dice(model, val_samples))
                 if score > best["dice"]:
                     best = {"dice": score, "iter": it_total,
                             "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}

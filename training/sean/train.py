@@ -151,6 +151,7 @@ def train_alignment(train: Sequence[dict], val: Sequence[dict], config, opts: Tr
     """Stage 1 (unsupervised). Returns (net, history dict)."""
     import torch
     from StrokeLesionLib.lesion_models.sean.alignment import AlignmentNet, alignment_losses
+    from training.common.distributed import step_rng
     torch.manual_seed(opts.seed)
     d, rng, model, net = _stage_setup(run, opts.seed, AlignmentNet(config))
     volumes = alignment_grid_volumes(train, config)
@@ -166,10 +167,13 @@ def train_alignment(train: Sequence[dict], val: Sequence[dict], config, opts: Tr
     n_slices = min(v.shape[0] for v in volumes)
     for it in range(it + 1, opts.align_iters + 1):
         model.train()
-        x, bg = (torch.from_numpy(a) for a in alignment_batch(volumes, backgrounds, rng, opts.align_batch,
-                                                               min(6, n_slices)))
-        x = random_pose(x, bg, rng, config, opts.augment_angle_deg, opts.augment_shift_mm)
-        x, bg = x.to(d.device), bg.to(d.device)
+        # the step's global batch, drawn the same on every rank; this rank's share of it
+        step = step_rng(opts.seed, it)
+        x, bg = (torch.from_numpy(a) for a in alignment_batch(volumes, backgrounds, step,
+                                                               opts.align_batch * d.world_size, min(6, n_slices)))
+        x = random_pose(x, bg, step, config, opts.augment_angle_deg, opts.augment_shift_mm)
+        share = d.share(opts.align_batch)
+        x, bg = x[share].to(d.device), bg[share].to(d.device)
         with d.autocast():
             terms = alignment_losses(x, model(x, bg), bg, config)
         opt.zero_grad()
@@ -227,6 +231,7 @@ def train_segmenter(config, train_vols, train_labs, val_vols, val_labs, opts: Tr
     """Stage 2. Returns (net in its best validation state, history dict)."""
     import torch
     from StrokeLesionLib.lesion_models.sean.model import HybridUNet
+    from training.common.distributed import step_rng
     from training.lesion_data.segmentation_losses import generalised_dice_loss, one_hot, weighted_cross_entropy
     torch.manual_seed(opts.seed + 1)
     d, rng, model, net = _stage_setup(run, opts.seed + 1, HybridUNet(config))
@@ -241,8 +246,9 @@ def train_segmenter(config, train_vols, train_labs, val_vols, val_labs, opts: Tr
         best = {"dice": float(saved["best_dice"]), "iter": int(saved["best_iter"]), "state": saved.get("best_state")}
     for it in range(it + 1, opts.seg_iters + 1):
         model.train()
-        x, y = (torch.from_numpy(a).to(d.device) for a in segmentation_batch(
-            train_vols, train_labs, rng, config.context_slices, opts.batch_size, opts.lesion_fraction))
+        x, y = (torch.from_numpy(a[d.share(opts.batch_size)]).to(d.device) for a in segmentation_batch(
+            train_vols, train_labs, step_rng(opts.seed + 1, it), config.context_slices,
+            opts.batch_size * d.world_size, opts.lesion_fraction))
         with d.autocast():
             logits = model(x).float()
             loss = (generalised_dice_loss(torch.softmax(logits, 1), one_hot(y, 2))
@@ -256,7 +262,7 @@ def train_segmenter(config, train_vols, train_labs, val_vols, val_labs, opts: Tr
         history.append(d.mean(loss.item()))
         out_of_time = d.mean(float(time.perf_counter() - t0 > opts.seg_minutes * 60.0)) > 0
         if val_vols and (it % opts.eval_every == 0 or it == opts.seg_iters or out_of_time):
-            score = validation_dice(net, val_vols, val_labs)
+            score = d.agreed(validation_dice(net, val_vols, val_labs))
             if score > best["dice"]:
                 best = {"dice": score, "iter": it,
                         "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}

@@ -113,7 +113,7 @@ def load_data(args, config, deadline: float):
 
 def train(args) -> Dict[str, object]:
     import torch
-    from training.common.distributed import load_state, rank_rng, save_state, setup, unwrap
+    from training.common.distributed import load_state, rank_rng, save_state, setup, step_rng, unwrap
     from training.common.weights_io import update_manifest, write_checkpoint
     from AIFSelectorLib.models.blocks import count_parameters
     from StrokeLesionLib.lesion_models.xnet.model import XNetConfig, build_model, variant_config
@@ -164,7 +164,9 @@ def train(args) -> Dict[str, object]:
 
     while it < args.iters and not together(time.time() >= deadline):
         model.train()
-        x, y = training_batch(slices, labels, index, rng, args.batch_size)
+        share = d.share(args.batch_size)  # of the step's global batch, drawn the same on every rank
+        x, y = training_batch(slices, labels, index, step_rng(args.seed, it), args.batch_size * d.world_size)
+        x, y = x[share], y[share]
         with d.autocast():
             loss = dice_ce_loss(model(torch.from_numpy(x).to(d.device)).float(), torch.from_numpy(y).to(d.device),
                                 class_weights)
@@ -179,7 +181,7 @@ def train(args) -> Dict[str, object]:
             final_decay_at = float("inf")
         if it % args.eval_every == 0 or it == args.iters or together(time.time() >= deadline):
             core.eval()
-            score = validation_dice(core, val)
+            score = d.agreed(validation_dice(core, val))
             if score > best:
                 best, best_iter, since_best, since_decay = score, it, 0, 0
                 best_state = copy.deepcopy(core.state_dict())

@@ -8,7 +8,8 @@ Each case writes ``OUT/<case id>/`` with the safety of `run` (claimed, verified,
 
 Resumable: a case's report.json holds ``batch_fingerprint``, the sha256 of its inputs (path, size and
 modification time of every file) and of the run options; a case whose output holds the same fingerprint
-is skipped, the others are (re)done; failed cases are retried only with ``--retry-failed``.
+is skipped, the others are (re)done; a failed case whose inputs and options are unchanged (its fingerprint,
+kept in summary.csv) is retried only with ``--retry-failed``, one whose inputs or options changed is redone.
 """
 import csv
 import hashlib
@@ -27,7 +28,11 @@ from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.io.volume_io import atomic_path
 
 SUMMARY_COLUMNS = ("case_id", "status", "error", "core_ml", "penumbra_ml", "hypoperfused_ml", "mismatch_ratio",
-                   "lesion_ml", "aif_quality_flags", "seconds", "input")
+                   "lesion_ml", "aif_quality_flags", "seconds", "input", "fingerprint")
+EARLIER_SUMMARY_COLUMNS = (SUMMARY_COLUMNS[:-1],)
+"""Headers of summaries written by earlier versions (without the fingerprint): still batch's own."""
+PROGRESS_POLL_S = 1.0
+"""Seconds between two looks at the cluster for the progress display (cases running now)."""
 CASE_TIMEOUT_S = 3600
 """A case still running after this many seconds is stopped and reported as failed."""
 
@@ -164,19 +169,31 @@ def _previous(out: Path) -> Dict[str, dict]:
         return {}
 
 
-def summary_row(case: Case, status: str, error: str, seconds, report: Optional[dict]) -> Dict[str, object]:
+def summary_row(case: Case, status: str, error: str, seconds, report: Optional[dict],
+                digest: str = "") -> Dict[str, object]:
     v = (report or {}).get("volumes_ml", {})
     flags = [k for k, on in (report or {}).get("aif", {}).get("quality_flags", {}).items() if on]
     return {"case_id": case.case_id, "status": status, "error": error, "core_ml": v.get("core_ml", ""),
             "penumbra_ml": v.get("penumbra_ml", ""), "hypoperfused_ml": v.get("hypoperfused_ml", ""),
             "mismatch_ratio": v.get("mismatch_ratio", ""), "lesion_ml": v.get("lesion_ml", ""),
-            "aif_quality_flags": ";".join(flags), "seconds": seconds, "input": case.input}
+            "aif_quality_flags": ";".join(flags), "seconds": seconds, "input": case.input, "fingerprint": digest}
+
+
+def _running(client, keys) -> int:
+    """How many of ``keys`` are executing on a worker now (tasks assigned to a worker but queued behind
+    another are not counted)."""
+    try:
+        executing = client.run(lambda dask_worker: [str(ts.key) for ts in dask_worker.state.executing])
+        return sum(k in keys for ks in executing.values() for k in ks)
+    except Exception:  # noqa: BLE001 - an older or remote worker without that state: the scheduler's view
+        return sum(str(k) in keys for ks in client.processing().values() for k in ks)
 
 
 def run_batch(cases: Sequence[Case], out, options: Sequence[str], workers: int = 2, threads_per_worker: int = 1,
               scheduler: Optional[str] = None, retry_failed: bool = False, progress=None) -> List[Dict[str, object]]:
     """Runs the cases that need it on a dask.distributed cluster and writes OUT/summary.csv; returns its rows
-    in manifest order. ``progress``: optional callable(done, failed, running, total)."""
+    in manifest order. ``progress``: optional callable(done, failed, running, total) over the cases run
+    (``running``: executing now; the rest are queued), called once a second and at each case's end."""
     from dask.distributed import Client, LocalCluster, as_completed
 
     out = Path(out)
@@ -185,7 +202,7 @@ def run_batch(cases: Sequence[Case], out, options: Sequence[str], workers: int =
     if summary.exists():
         try:
             with open(summary, encoding="utf-8") as f:
-                ours = f.readline().strip() == ",".join(SUMMARY_COLUMNS)
+                ours = f.readline().strip() in [",".join(c) for c in (SUMMARY_COLUMNS,) + EARLIER_SUMMARY_COLUMNS]
         except (OSError, UnicodeDecodeError):
             ours = False
         if not ours or summary.is_symlink():
@@ -199,9 +216,9 @@ def run_batch(cases: Sequence[Case], out, options: Sequence[str], workers: int =
         report = _report(out, case)
         if report is not None and report.get("batch_fingerprint") == digest:
             rows[case.case_id] = summary_row(case, "done", "", previous.get(case.case_id, {}).get("seconds", ""),
-                                             report)
+                                             report, digest)
         elif previous.get(case.case_id, {}).get("status") == "failed" and not retry_failed and \
-                previous[case.case_id].get("input") == case.input:
+                previous[case.case_id].get("fingerprint") == digest:
             rows[case.case_id] = dict(previous[case.case_id])
         else:
             todo.append((case, run_command(case, out, options, digest, overwrite=(out / case.case_id).exists()),
@@ -212,22 +229,29 @@ def run_batch(cases: Sequence[Case], out, options: Sequence[str], workers: int =
         try:
             with Client(scheduler or cluster) as client:
                 futures = {client.submit(run_case_process, argv, str(out / case.case_id), digest,
-                                         key=f"case-{case.case_id}-{i}", pure=False): case
+                                         key=f"case-{case.case_id}-{i}", pure=False): (case, digest)
                            for i, (case, argv, digest) in enumerate(todo)}
+                pending = {str(f.key) for f in futures}
                 failed = done = 0
-                for future in as_completed(futures):
-                    case = futures[future]
-                    try:
-                        result = future.result()
-                    except Exception as e:  # noqa: BLE001 - a lost worker: the case failed, the batch goes on
-                        result = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
-                                  "seconds": ""}
-                    done += result["status"] == "done"
-                    failed += result["status"] != "done"
-                    rows[case.case_id] = summary_row(case, result["status"], result["error"], result["seconds"],
-                                                     _report(out, case) if result["status"] == "done" else None)
+                finished = as_completed(futures)
+                while not finished.is_empty():
+                    for future in finished.next_batch(block=False) if finished.has_ready() else ():
+                        case, digest = futures[future]
+                        pending.discard(str(future.key))
+                        try:
+                            result = future.result()
+                        except Exception as e:  # noqa: BLE001 - a lost worker: the case failed, the batch goes on
+                            result = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
+                                      "seconds": ""}
+                        done += result["status"] == "done"
+                        failed += result["status"] != "done"
+                        rows[case.case_id] = summary_row(
+                            case, result["status"], result["error"], result["seconds"],
+                            _report(out, case) if result["status"] == "done" else None, digest)
                     if progress is not None:
-                        progress(done, failed, len(todo) - done - failed, len(todo))
+                        progress(done, failed, _running(client, pending) if pending else 0, len(todo))
+                    if pending:
+                        time.sleep(PROGRESS_POLL_S)
         finally:
             if cluster is not None:
                 cluster.close()
