@@ -111,3 +111,14 @@ def test_pseudodwi_trains_on_two_processes_and_resumes(tmp_path):
     torchrun(common + ["--out", resumed, "--resume", first / "state.pt"])
     b0, _ = losses(resumed)
     assert np.allclose(b0, a0, rtol=0, atol=1e-6), (a0, b0)
+
+
+def test_crossval_trains_every_fold_on_two_processes_and_reports_once(tmp_path):
+    """An orchestrating entry point (several trainings in one process) under torchrun: every fold trains on
+    both ranks in one process group, and rank 0 alone reports."""
+    report = tmp_path / "cv.json"
+    done = torchrun(["-m", "training.aifnet.crossval", "--kind", "vof", "--folds", 2, "--n-cases", 4, "--iters", 6,
+                     "--base-width", 4, "--max-width", 8, "--layers", 2, "--json", report])
+    result = json.loads(report.read_text(encoding="utf-8"))
+    assert [f["fold"] for f in result["folds"]] == [0, 1] and result["overall"]["n"] == 4
+    assert done.stdout.count("2-fold VOF r") == 1  # one report, from rank 0

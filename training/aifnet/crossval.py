@@ -18,6 +18,8 @@ from AIFSelectorLib.input_functions.aifnet.model import AIFNetConfig
 
 from .data import TRAIN_SEED0, cached_phantoms, isles_samples
 from .metrics import pearson, summary
+from training.common.distributed import setup
+
 from .train import DEFAULT_LAYERS, predict_sample, train_model
 
 
@@ -44,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    d = setup()  # under torchrun every fold trains on all ranks (DDP); rank 0 reports
+    say = (lambda m: print(m, flush=True)) if d.is_main else (lambda m: None)  # noqa: E731
     cases = cached_phantoms(range(TRAIN_SEED0, TRAIN_SEED0 + args.n_cases), args.cache)
     if args.isles_root and args.isles_csv:
         cases += list(isles_samples(args.isles_root, args.isles_csv))
@@ -57,12 +61,14 @@ def main(argv=None) -> int:
         cfg = AIFNetConfig(n_frames=n_frames, n_layers=args.layers or DEFAULT_LAYERS[args.kind],
                            base_width=args.base_width, max_width=args.max_width or None, kind=args.kind)
         res = train_model(args.kind, train, val, cfg, iters=args.iters, lr=args.lr, momentum=args.momentum,
-                          seed=k, log=lambda m: print(f"fold {k}: {m}", flush=True))
+                          seed=k, log=lambda m: say(f"fold {k}: {m}"), distributed=d)
         rs = [pearson(predict_sample(res["model"], cases[i])[0], cases[i][args.kind]) for i in test_idx]
         all_r += rs
         per_fold.append({"fold": k, "n_test": len(rs), "r": summary(rs)})
-        print(f"fold {k}: test r mean {np.mean(rs):.4f} (n={len(rs)})", flush=True)
+        say(f"fold {k}: test r mean {np.mean(rs):.4f} (n={len(rs)})")
     total = summary(all_r)
+    if not d.is_main:
+        return 0
     print(f"{args.folds}-fold {args.kind.upper()} r: mean {total['mean']:.4f} sd {total['sd']:.4f} "
           f"p5 {total['p5']:.4f} p95 {total['p95']:.4f} (n={total['n']})")
     if args.json:

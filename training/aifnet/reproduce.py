@@ -67,15 +67,21 @@ def main(argv=None) -> int:
     p.add_argument("--eval-cases", type=int, default=20)
     p.add_argument("--eval-size", choices=("full", "small"), default="full")
     args = p.parse_args(argv)
+    from training.common.distributed import setup, shared_tempdir
     from . import train
-    work = Path(tempfile.mkdtemp(prefix="aifnet-train-"))
+    d = setup()  # under torchrun every rank trains; rank 0 writes and evaluates
+    work = shared_tempdir(d, "aifnet-train-")
     for kind in () if args.eval_only else (args.only,) if args.only else ("aif", "vof"):
         t0 = time.perf_counter()
         train.main(DEFAULTS[kind] + ["--out", str(work / kind), "--cache", str(args.cache)])
+        if not d.is_main:
+            continue
         args.out.mkdir(parents=True, exist_ok=True)
         _set_version(work / kind / f"aifnet_{kind}.pt", kind)
         shutil.copy2(work / kind / f"aifnet_{kind}.pt", args.out / f"aifnet_{kind}.pt")
         print(f"{kind}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not d.is_main:
+        return 0
     if not args.eval_only:
         write_manifest(args.out)
     if not args.skip_eval:

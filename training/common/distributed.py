@@ -3,7 +3,11 @@
 Every training entry point calls :func:`setup`: under ``torchrun --nproc_per_node N`` (which sets RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) it joins the process group, NCCL on GPUs and gloo on
 the CPU, and :meth:`Distributed.wrap` puts the model in DistributedDataParallel, which averages the gradients
-of every rank in each backward pass; alone it is a no-op (one process, the model as it is).
+of every rank in each backward pass; alone it is a no-op (one process, the model as it is). The group is
+joined once and left when the process ends: the scripts that train several models in turn (reproduce,
+crossval, ablations) run every training on all ranks and keep the writing (checkpoints, manifests,
+evaluations) to rank 0, in a work folder all ranks share (:func:`shared_tempdir`). A group left and joined
+again in one process is not used: gloo's second rendezvous failed here once in two tries.
 
 Samples: a distributed sampler of the global batch. At step k every rank draws the same global batch, of
 per-rank batch x world size samples, from the step's own random stream (:func:`step_rng`: seed and k; a
@@ -28,7 +32,9 @@ and the scaler, the step, and the random states of every rank (torch, CUDA, nump
 atomically and read with ``torch.load(weights_only=True)``; a run resumed from step k draws the same samples
 and computes the same loss at step k + 1 as the run that wrote it.
 """
+import atexit
 import os
+import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,11 +122,17 @@ class Distributed:
         return torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
 
     def close(self) -> None:
-        """Leaves the process group once every rank is done: a rank that tears gloo down while another still
-        talks to it can abort ('terminate called without an active exception': seen once, in a full test run)."""
-        if self.active and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+        """The end of one training: waits for every rank (rank 0 has then written its files). The process group
+        itself is left when the process ends (see the module doc)."""
+        self.barrier()
+
+
+def _leave_group() -> None:
+    """At the process's end: leaves the process group once every rank is there (a rank that tears gloo down
+    while another still talks to it can abort: 'terminate called without an active exception', seen once)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def setup(device: str = "auto") -> Distributed:
@@ -137,7 +149,15 @@ def setup(device: str = "auto") -> Distributed:
     backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
+        atexit.register(_leave_group)
     return Distributed(rank=rank, world_size=world, local_rank=local, device=where, backend=backend)
+
+
+def shared_tempdir(d: Distributed, prefix: str) -> Path:
+    """A new temporary folder, made by rank 0, whose path every rank gets (the ranks of one machine share it;
+    only rank 0 reads back what is written there)."""
+    path = tempfile.mkdtemp(prefix=prefix) if d.is_main else None
+    return Path(d.gather(path)[0])
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -40,13 +40,16 @@ def main(argv=None) -> int:
     p.add_argument("--n-train", type=int, default=48)
     p.add_argument("--eval-cases", type=int, default=20)
     args = p.parse_args(argv)
+    from training.common.distributed import setup
     from . import evaluate, train
     from .reproduce import COMMON
-    for name in args.only:
-        if not (args.out / f"{name}.pt").exists():
-            train.main(COMMON + ["--n-train", str(args.n_train), "--iters", "100000", "--max-minutes",
+    d = setup()  # under torchrun every rank trains; rank 0 evaluates
+    for name in [n for n in args.only if not (args.out / f"{n}.pt").exists()]:  # decided before any training
+        train.main(COMMON + ["--n-train", str(args.n_train), "--iters", "100000", "--max-minutes",
                                 str(args.minutes), "--out", str(args.out), "--name", name, "--cache", str(args.cache)]
-                       + ABLATIONS[name])
+                   + ABLATIONS[name])
+    if not d.is_main:
+        return 0
     evaluate.ROW_LABELS.update(LABELS)
     evaluate.main(["--models", str(args.out), "--names", *args.only, "--n-cases", str(args.eval_cases),
                    "--cache", str(args.cache), "--json", str(args.out / "evaluation.json")])

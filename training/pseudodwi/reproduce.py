@@ -67,12 +67,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
     from training.common.weights_io import update_manifest, write_checkpoint
+    from training.common.distributed import setup, shared_tempdir
     from . import evaluate, train
-    work = Path(tempfile.mkdtemp(prefix="pseudodwi-train-"))
+    d = setup()  # under torchrun every rank trains; rank 0 writes and evaluates
+    work = shared_tempdir(d, "pseudodwi-train-")
     names = () if args.eval_only else (args.only,) if args.only else tuple(DEFAULTS)
     for name in names:
         t0 = time.perf_counter()
         train.main(DEFAULTS[name] + ["--out", str(work), "--name", name, "--cache", str(args.cache)])
+        if not d.is_main:
+            continue
         ckpt = torch.load(work / f"{name}.pt", map_location="cpu", weights_only=True)
         ckpt["meta"]["version"] = f"{name}-{VERSION}"
         ckpt["meta"]["training_command"] = ("python -m training.pseudodwi.reproduce  (= python -m "
@@ -80,6 +84,8 @@ def main(argv=None) -> int:
         write_checkpoint(ckpt, args.out / FILES[name])
         update_manifest({name: manifest_entry(name, args.out / FILES[name])}, folder=args.out)
         print(f"{name}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not d.is_main:
+        return 0
     out_json = work / "evaluation.json"
     res = evaluate.main(["--models", str(args.out), "--names", *DEFAULTS, "--n-cases", str(args.eval_cases),
                          "--cache", str(args.cache), "--json", str(out_json)])

@@ -19,7 +19,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -71,18 +70,25 @@ def main(argv=None) -> int:
     p.add_argument("--eval-cases", type=int, default=20)
     args = p.parse_args(argv)
     from training.common.weights_io import update_manifest
+    from training.common.distributed import setup, shared_tempdir
     from . import evaluate, train
-    work = args.work or Path(tempfile.mkdtemp(prefix="sean-train-"))
+    d = setup()  # under torchrun every rank trains; rank 0 writes and evaluates
+    work = args.work or shared_tempdir(d, "sean-train-")
     work.mkdir(parents=True, exist_ok=True)
     card = "MODEL_CARD_sean.md"
     t0 = time.perf_counter()
     train.main(RUNS["sean"] + ["--out", str(work), "--name", "sean"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, file in FILES.items():
-        shutil.copy(work / file, args.out / file)
-    update_manifest({name: manifest_entry(args.out / file, card) for name, file in FILES.items()}, folder=args.out)
+    if d.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name, file in FILES.items():
+            shutil.copy(work / file, args.out / file)
+        update_manifest({name: manifest_entry(args.out / file, card) for name, file in FILES.items()},
+                        folder=args.out)
+    d.barrier()  # the ablations read the alignment network rank 0 has just copied
     for name in ("sean_noalign", "sean_selfattn"):
         train.main(RUNS[name] + ["--out", str(work), "--name", name, "--alignment-from", str(args.out)])
+    if not d.is_main:
+        return 0
     update_manifest({name: manifest_entry(work / f"{name}.pt", card) for name in ("sean_noalign", "sean_selfattn")}
                     | {"sean_alignment": manifest_entry(work / FILES["sean_alignment"], card)}, folder=work)
     train_seconds = time.perf_counter() - t0

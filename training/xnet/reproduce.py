@@ -63,11 +63,14 @@ def main(argv=None) -> int:
                    help="evaluate the ablation checkpoints registered in DIR (train.py --out DIR) instead of training")
     p.add_argument("--eval-cases", type=int, default=EVAL_CASES)
     args = p.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="xnet-reproduce-"))
+    from training.common.distributed import setup, shared_tempdir
+    d = setup()  # under torchrun every rank trains; rank 0 writes and evaluates
+    work = shared_tempdir(d, "xnet-reproduce-")
     t0 = time.perf_counter()
     checkpoint = args.trained / "xnet.pt" if args.trained else _train("xnet", work / "xnet", args.cache)
-    register(checkpoint, args.out)
-    print(f"xnet: registered in {args.out} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if d.is_main:
+        register(checkpoint, args.out)
+        print(f"xnet: registered in {args.out} ({time.perf_counter() - t0:.0f} s)", flush=True)
     eval_args = ["--models", str(args.out), "--n-cases", str(args.eval_cases), "--json", str(work / "evaluation.json")]
     if args.ablations:
         for variant in ("xnet_no_fsm", "unet"):
@@ -75,6 +78,8 @@ def main(argv=None) -> int:
         eval_args += ["--ablations", str(work / "ablations")]
     elif args.ablations_from:
         eval_args += ["--ablations", str(args.ablations_from)]
+    if not d.is_main:
+        return 0
     from . import evaluate
     evaluate.main(eval_args)
     result = json.loads((work / "evaluation.json").read_text(encoding="utf-8"))
