@@ -29,6 +29,11 @@ def cases_progress():
             bar[0].close()
 
 
+def _cell(value) -> str:
+    """A table cell: '-' for a value that is not there (no lesion model, no mismatch without a core)."""
+    return "-" if value is None or value == "" else str(value)
+
+
 def format_summary_table(rows) -> str:
     """batch's printed table: one line per case, its status, volumes (ml), mismatch, lesion, AIF flags and
     seconds, or its one-line error."""
@@ -36,9 +41,8 @@ def format_summary_table(rows) -> str:
     lines = [head]
     for r in rows:
         if r["status"] == "done":
-            lines.append((r["case_id"], r["status"], str(r["core_ml"]), str(r["penumbra_ml"]),
-                          str(r["mismatch_ratio"]), str(r["lesion_ml"]) or "-", r["aif_quality_flags"] or "-",
-                          str(r["seconds"])))
+            lines.append((r["case_id"], r["status"], *(_cell(r[k]) for k in (
+                "core_ml", "penumbra_ml", "mismatch_ratio", "lesion_ml", "aif_quality_flags", "seconds"))))
         else:
             lines.append((r["case_id"], r["status"], r["error"]))
     widths = [max(len(line[i]) for line in lines if len(line) == len(head) and i < len(line))
