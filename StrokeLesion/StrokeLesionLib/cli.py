@@ -391,7 +391,7 @@ def cmd_demo(args):
 def cmd_batch(args):
     from StrokeLesionLib.case.batch import read_manifest, run_batch
     cases = read_manifest(args.manifest)
-    if args.workers < 1 or args.threads_per_worker < 1:
+    if args.workers < 1 or (args.threads_per_worker is not None and args.threads_per_worker < 1):
         raise InputError("--workers and --threads-per-worker must be at least 1")
     options = ["--aif", args.aif, "--method", args.method, "--core-rcbf", repr(args.core_rcbf), "--tmax",
                repr(args.tmax), "--min-island-ml", repr(args.min_island_ml), "--smooth-mm", repr(args.smooth_mm),
@@ -469,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("manifest", type=Path, help="CSV (case_id,input[,aif,mask,series_uid]) or a folder of cases")
     sp.add_argument("--out", required=True, type=Path, help="folder of the case folders and summary.csv")
     sp.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
-    sp.add_argument("--threads-per-worker", type=int, default=1)
+    sp.add_argument("--threads-per-worker", type=int, default=None,
+                    help="CPU threads of each case (default: the cores shared among the local workers)")
     sp.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing dask.distributed scheduler")
     sp.add_argument("--retry-failed", action="store_true", help="run the cases that failed before again")
     sp.add_argument("--aif", choices=("aifnet", "classic"), default="aifnet", help="AIF/VOF selector")

@@ -191,12 +191,20 @@ def enhancement(block_hu: np.ndarray, baseline_hu: np.ndarray) -> np.ndarray:
     return block_hu.astype(np.float32) - baseline_hu[None].astype(np.float32)
 
 
+THREADS_ENV = "STROKELESION_THREADS"
+"""Environment variable that caps the threads of the stages' own pools (`strokelesion batch` gives each case its
+share of the machine's cores through it). The results do not depend on it (tested)."""
+
+
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity where the platform tells it)."""
+    """CPU cores this process may run on (its affinity where the platform tells it), at most STROKELESION_THREADS
+    when that is set to a positive integer."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    cap = os.environ.get(THREADS_ENV, "")
+    return max(1, min(cores, int(cap))) if cap.isdigit() and int(cap) > 0 else cores
 
 
 def curve_features(enh: np.ndarray, dt_s: float) -> dict:

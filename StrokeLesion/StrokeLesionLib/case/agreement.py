@@ -160,8 +160,8 @@ def write_agreement(out: Path, cases, rows_by_id: Dict[str, dict], thresholds: T
             continue
         try:
             rows.append(case_agreement(case.case_id, Path(case.input), Path(out) / case.case_id, thresholds))
-        except InputError as e:
-            skipped.append({"case_id": case.case_id, "note": str(e)})
+        except (InputError, OSError, ValueError) as e:  # one case's unreadable files cost only its own row
+            skipped.append({"case_id": case.case_id, "note": str(e).splitlines()[0] if str(e) else type(e).__name__})
     summary = cohort_summary(rows) if rows else []
     write_csv(Path(out) / "agreement.csv", rows + skipped, CASE_COLUMNS + ("note",))
     write_csv(Path(out) / "agreement_summary.csv", summary, SUMMARY_COLUMNS)

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 from StrokeLesionLib.case.output_folder import sweep_debris
 
 from AIFSelectorLib.errors import InputError
+from AIFSelectorLib.prepare.preprocessing import usable_cores
 from AIFSelectorLib.io.volume_io import atomic_path
 
 SUMMARY_COLUMNS = ("case_id", "status", "error", "core_ml", "penumbra_ml", "hypoperfused_ml", "mismatch_ratio",
@@ -119,13 +120,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_case_process(argv: List[str], case_out: str = "", digest: str = "") -> Dict[str, object]:
+def run_case_process(argv: List[str], case_out: str = "", digest: str = "", threads: int = 0) -> Dict[str, object]:
     """Runs one case as its own process (a dask task): {'status', 'error', 'seconds'}. A task rerun after its
     worker was lost finds the case done when the output already holds its fingerprint, and replaces an
     output of other inputs; a case whose output is locked by another run (a lost worker's process still
-    stopping) is retried for LOCK_WAIT_S."""
+    stopping) is retried for LOCK_WAIT_S. threads: the case's CPU threads (0: every core it may run on)."""
+    from AIFSelectorLib.prepare.preprocessing import THREADS_ENV
     t0 = time.perf_counter()
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if threads > 0:
+        env[THREADS_ENV] = str(threads)
     while True:
         if case_out:
             report = _read_report(Path(case_out))
@@ -189,10 +193,13 @@ def _running(client, keys) -> int:
         return sum(str(k) in keys for ks in client.processing().values() for k in ks)
 
 
-def run_batch(cases: Sequence[Case], out, options: Sequence[str], workers: int = 2, threads_per_worker: int = 1,
-              scheduler: Optional[str] = None, retry_failed: bool = False, progress=None) -> List[Dict[str, object]]:
+def run_batch(cases: Sequence[Case], out, options: Sequence[str], workers: int = 2,
+              threads_per_worker: Optional[int] = None, scheduler: Optional[str] = None, retry_failed: bool = False,
+              progress=None) -> List[Dict[str, object]]:
     """Runs the cases that need it on a dask.distributed cluster and writes OUT/summary.csv; returns its rows
-    in manifest order. ``progress``: optional callable(done, failed, running, total) over the cases run
+    in manifest order. Each worker runs one case at a time, with ``threads_per_worker`` CPU threads (default:
+    this machine's cores shared among the local workers; on an existing cluster, every core of the worker's
+    machine). ``progress``: optional callable(done, failed, running, total) over the cases run
     (``running``: executing now; the rest are queued), called once a second and at each case's end."""
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -224,11 +231,12 @@ def run_batch(cases: Sequence[Case], out, options: Sequence[str], workers: int =
             todo.append((case, run_command(case, out, options, digest, overwrite=(out / case.case_id).exists()),
                          digest))
     if todo:
-        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+        threads = threads_per_worker or (0 if scheduler else max(1, usable_cores() // workers))
+        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1,
                                                       processes=True, dashboard_address=None)
         try:
             with Client(scheduler or cluster) as client:
-                futures = {client.submit(run_case_process, argv, str(out / case.case_id), digest,
+                futures = {client.submit(run_case_process, argv, str(out / case.case_id), digest, threads,
                                          key=f"case-{case.case_id}-{i}", pure=False): (case, digest)
                            for i, (case, argv, digest) in enumerate(todo)}
                 pending = {str(f.key) for f in futures}
