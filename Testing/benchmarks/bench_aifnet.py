@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from AIFSelectorLib.input_functions.aifnet import inference as inf
+from AIFSelectorLib.input_functions.aifnet import inference as inf, networks
 from AIFSelectorLib.input_functions.aifnet.model import AIFNet, AIFNetConfig, macs_per_voxel
 from AIFSelectorLib.models.blocks import count_parameters
 from AIFSelectorLib.io.ctp_io import series_from_array
@@ -35,7 +35,7 @@ def main():
     series = series_from_array(data, dt_s=1.0, spacing_mm=(0.9, 0.9, 6.0))
     dev = inf.resolve_device(args.device)
     for kind in ("aif", "vof"):
-        m, info = inf.load_model(kind, device=dev)
+        m, info = networks.load_model(kind, device=dev)
         n_vox = int(np.prod(series.shape_zyx))
         print(f"{kind}: widths {m.config.widths}, n_frames {m.config.n_frames}, {count_parameters(m)} parameters, "
               f"{macs_per_voxel(m.config) * n_vox / 1e9:.1f} GMAC on 256x256x16, file {info['file']}")

@@ -300,7 +300,7 @@ def model_folder(tmp_path, monkeypatch):
 
 
 def test_checkpoint_of_another_kind_is_refused(model_folder, work, capsys):
-    from AIFSelectorLib.input_functions.aifnet.inference import load_model
+    from AIFSelectorLib.input_functions.aifnet.networks import load_model
     from AIFSelectorLib.errors import InputError
     folder, manifest = model_folder
     entry = dict(manifest["models"]["vof"])
@@ -321,7 +321,7 @@ def test_malformed_manifest_is_one_line(model_folder, work, capsys):
 def test_weights_are_loaded_from_the_bytes_that_were_hashed(model_folder, monkeypatch):
     """torch.load gets the bytes whose sha256 matched, never the path (which could change in between)."""
     from AIFSelectorLib.models import weights as model_weights
-    from AIFSelectorLib.input_functions.aifnet.inference import load_model
+    from AIFSelectorLib.input_functions.aifnet.networks import load_model
     seen = []
     real = torch.load
 

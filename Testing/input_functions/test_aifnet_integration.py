@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from AIFSelectorLib.input_functions.aifnet import inference as inf  # noqa: E402
+from AIFSelectorLib.input_functions.aifnet import inference as inf, networks  # noqa: E402
 from AIFSelectorLib.models import weights  # noqa: E402
 from AIFSelectorLib.prepare.prepared import prepare  # noqa: E402
 from AIFSelectorLib.phantom.case import make_phantom  # noqa: E402
@@ -46,7 +46,7 @@ def test_shipped_weights_match_manifest_and_load():
         path = SHIPPED / entry["file"]
         assert weights.sha256_of(path) == entry["sha256"]
         assert path.stat().st_size < 3_000_000
-        model, info = inf.load_model(kind)
+        model, info = networks.load_model(kind)
         assert info["sha256"] == entry["sha256"]
         assert model.config.n_layers == (5 if kind == "aif" else 2)
 
@@ -78,7 +78,7 @@ def test_corrupted_weights_fall_back_to_classic_with_warning(prepared, broken_mo
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(weights.WeightsError, match="corrupted"):
-        inf.load_model("aif")
+        networks.load_model("aif")
     f = select_input_functions(prepared, "aifnet")
     assert f.method == "classic"
     assert any("AIFNet unavailable" in w and "corrupted" in w for w in f.warnings)
@@ -94,7 +94,7 @@ def test_missing_weights_fall_back_to_classic_with_warning(prepared, broken_mode
 
 def test_missing_manifest_is_a_weights_error(tmp_path):
     with pytest.raises(weights.WeightsError, match="manifest"):
-        inf.load_model("aif", tmp_path)
+        networks.load_model("aif", tmp_path)
 
 
 @needs_weights
@@ -132,13 +132,13 @@ def test_cli_aif_command_writes_pvols_and_warns_on_fallback(small_case, tmp_path
 def test_slab_wise_pvol_equals_one_whole_volume_pass():
     """Whole-brain series are run slab by slab with a z halo; the Pvol must not depend on the slabs."""
     case = make_phantom(seed=4, shape_zyx=(12, 48, 48), n_frames=30, noise_hu=3.0)
-    model, _ = inf.load_model("aif")
+    model, _ = networks.load_model("aif")
     whole = inf.predict_pvol(model, case.series, max_voxels=10 ** 9)
     slabbed = inf.predict_pvol(model, case.series, max_voxels=3 * 48 * 48)  # 3-slice slabs
     assert inf.z_halo(model) >= 4
     np.testing.assert_allclose(slabbed, whole, rtol=1e-4, atol=1e-9)
     assert float(whole.sum()) == pytest.approx(1.0, abs=1e-5)
-    vof_model, _ = inf.load_model("vof")  # both networks on each slab's shared input: each as if alone
+    vof_model, _ = networks.load_model("vof")  # both networks on each slab's shared input: each as if alone
     both = inf.predict_pvols([model, vof_model], case.series, max_voxels=3 * 48 * 48)
     np.testing.assert_array_equal(both[0], slabbed)
     np.testing.assert_array_equal(both[1], inf.predict_pvol(vof_model, case.series, max_voxels=3 * 48 * 48))
@@ -149,7 +149,7 @@ def test_air_beyond_the_head_window_gets_no_probability(monkeypatch):
     whole-field pass's Pvol renormalised (the head's logits do not change)."""
     case = make_phantom(seed=4, shape_zyx=(4, 128, 128), n_frames=30, noise_hu=3.0, spacing_mm=(1.8, 1.8, 6.0))
     s = case.series
-    model, _ = inf.load_model("aif")
+    model, _ = networks.load_model("aif")
     ys, xs = inf.head_window(s, (1, 1), (inf.HEAD_MARGIN, inf.HEAD_MARGIN))
     assert (ys.stop - ys.start) * (xs.stop - xs.start) < 0.8 * 128 * 128  # the field holds air around the head
     pvol = inf.predict_pvol(model, s)
@@ -171,7 +171,7 @@ def test_fine_matrix_is_pooled_to_the_trained_voxel_size():
     geometry = dataclasses.replace(s.geometry, spacing_mm=(0.45, 0.45, 6.0))
     fine = dataclasses.replace(s, data=s.data.repeat(2, axis=2).repeat(2, axis=3), geometry=geometry)
     assert inf.pool_factors(fine.geometry.spacing_mm) == (2, 2) and inf.pool_factors(s.geometry.spacing_mm) == (1, 1)
-    model, _ = inf.load_model("aif")
+    model, _ = networks.load_model("aif")
     coarse_pvol = inf.predict_pvol(model, s)
     fine_pvol = inf.predict_pvol(model, fine)
     assert float(fine_pvol.sum()) == pytest.approx(1.0, abs=1e-5)
@@ -188,3 +188,48 @@ def test_checkpoints_are_written_whole(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["m.pt"]
     back = torch.load(path, weights_only=True)
     assert back["meta"]["version"] == "t" and torch.equal(back["state_dict"]["w"], torch.ones(2))
+
+
+@needs_weights
+def test_onnxruntime_gives_torchs_input_functions_without_torch(small_case, monkeypatch):
+    """The shipped ONNX exports through onnxruntime against the torch networks they came from: the same curves
+    and Pvols within float32 rounding, and the CPU path imports no torch."""
+    import subprocess
+    import sys
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv(networks.RUNTIME_ENV, "torch")
+    torch_functions = inf.select_aifnet(small_case.series, device="cpu")
+    monkeypatch.setenv(networks.RUNTIME_ENV, "onnxruntime")
+    onnx_functions = inf.select_aifnet(small_case.series, device="cpu")
+    assert (torch_functions.details["runtime"], onnx_functions.details["runtime"]) == ("torch", "onnxruntime")
+    np.testing.assert_allclose(onnx_functions.aif_hu, torch_functions.aif_hu, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(onnx_functions.vof_hu, torch_functions.vof_hu, rtol=0, atol=1e-3)
+    for a, b in ((onnx_functions.aif_pvol, torch_functions.aif_pvol), (onnx_functions.vof_pvol, torch_functions.vof_pvol)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(b.max()))
+    shipped = weights.read_manifest()["models"]
+    models = onnx_functions.details["models"]
+    assert models["aifnet_aif"]["sha256"] == shipped["aif"]["sha256"]  # the weights the graph was exported from
+    assert models["aifnet_aif"]["graph_sha256"] == shipped["aif_onnx"]["sha256"]
+    code = ("import sys; from AIFSelectorLib.phantom.case import make_phantom; "
+            "from AIFSelectorLib.input_functions.aifnet.inference import select_aifnet; "
+            "f = select_aifnet(make_phantom(1, shape_zyx=(2, 64, 64), n_frames=40).series, 'auto'); "
+            "print(f.details['runtime'], 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in __import__("os").environ.items() if k != networks.RUNTIME_ENV})
+    assert done.stdout.split() == ["onnxruntime", "False"], done.stderr[-2000:]
+
+
+@needs_weights
+def test_a_graph_not_exported_from_the_shipped_weights_is_refused(small_case, broken_models):
+    pytest.importorskip("onnxruntime")
+    manifest = json.loads((broken_models / "manifest.json").read_text(encoding="utf-8"))
+    manifest["models"]["aif_onnx"]["exported_from"]["sha256"] = "0" * 64  # a graph of other weights
+    (broken_models / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(weights.WeightsError, match="exported from other weights"):
+        networks.load_networks("cpu")
+    shutil.copy(SHIPPED / "manifest.json", broken_models / "manifest.json")
+    graph = bytearray((broken_models / "aifnet_vof.onnx").read_bytes())
+    graph[len(graph) // 2] ^= 0xFF
+    (broken_models / "aifnet_vof.onnx").write_bytes(bytes(graph))
+    with pytest.raises(weights.WeightsError, match="aifnet_vof.onnx is corrupted or modified"):
+        networks.load_networks("cpu")

@@ -4,8 +4,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from AIFSelectorLib.input_functions.aifnet.config import network_frames  # noqa: E402
 from AIFSelectorLib.input_functions.aifnet.model import (AIFNet, AIFNetConfig, macs_per_voxel,  # noqa: E402
-                                                        network_frames, volume_softmax, weighted_sum)
+                                                        volume_softmax, weighted_sum)
 from AIFSelectorLib.models.blocks import count_parameters  # noqa: E402
 from training.aifnet.ablation import RegressionAIFNet, SegmentationAIFNet, segmentation_loss  # noqa: E402
 

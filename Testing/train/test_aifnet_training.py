@@ -77,3 +77,28 @@ def test_isles2018_reader_with_annotations(tmp_path):
     (s,) = list(isles_samples(tmp_path / "TRAINING", csv))
     assert s["x"].shape == data.shape and s["vof"] is None
     np.testing.assert_allclose(s["aif"], data[:, 1, 5, 6], atol=1e-3)
+
+
+def test_onnx_export_of_the_shipped_weights_checks_and_registers_its_graph(tmp_path):
+    """training.aifnet.export_onnx on a copy of the shipped models: graphs whose onnxruntime logits equal torch's
+    within the tolerance, manifest entries naming the checkpoint they came from, and inference loads them."""
+    import shutil
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from AIFSelectorLib.input_functions.aifnet.networks import load_networks
+    from AIFSelectorLib.models.weights import models_dir, read_manifest, sha256_of
+    from training.aifnet.export_onnx import LOGIT_TOLERANCE, main as export_main
+    folder = tmp_path / "models"
+    shutil.copytree(models_dir(), folder)
+    for f in folder.glob("*.onnx"):
+        f.unlink()
+    assert export_main(["--models", str(folder)]) == 0
+    manifest = read_manifest(folder)["models"]
+    for kind in ("aif", "vof"):
+        entry = manifest[f"{kind}_onnx"]
+        assert entry["exported_from"] == {"model": kind, "sha256": manifest[kind]["sha256"]}
+        assert sha256_of(folder / entry["file"]) == entry["sha256"]
+        assert entry["check_max_abs_logit_difference"] <= LOGIT_TOLERANCE
+        assert entry["receptive_radius_zyx"] == ([4, 5, 5] if kind == "aif" else [1, 2, 2])
+    networks, _, _ = load_networks("cpu", folder)
+    assert [n.runtime for n in networks] == ["onnxruntime", "onnxruntime"]

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from AIFSelectorLib.input_functions.aifnet.model import AIFNetConfig, network_frames
+from AIFSelectorLib.input_functions.aifnet.config import AIFNetConfig, network_frames
 from AIFSelectorLib.models.blocks import count_parameters
 from training.common.distributed import Distributed, load_state, save_state, setup, step_rng, unwrap
 from training.common.weights_io import write_checkpoint

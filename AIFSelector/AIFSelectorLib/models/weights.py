@@ -119,3 +119,38 @@ def _load_checked(path: str, expected_sha256: str, build, label: str, mtime_ns: 
     info = {"file": p.name, "sha256": digest, "format": ckpt.get("format", "?"), "config": dict(ckpt["config"]),
             "version": ckpt.get("meta", {}).get("version", digest[:12])}
     return model, info
+
+
+def read_exported_graph(name: str, folder: Optional[Path] = None, label: str = "model") -> Tuple[bytes, Dict]:
+    """The bytes of manifest entry ``name``'s exported inference graph (an ONNX file), after their sha256 matched
+    the entry, and the entry itself. The entry's ``exported_from`` names the checkpoint entry it was exported from
+    and that checkpoint's sha256, which must be the one the manifest holds now and the one of the checkpoint
+    file beside it (hashed, not loaded): a graph is used only beside the intact weights it was exported from, so
+    missing or modified weights are refused whichever runtime runs them. WeightsError (one line) otherwise;
+    nothing is unpickled."""
+    folder = Path(folder) if folder is not None else models_dir()
+    models = read_manifest(folder).get("models", {})
+    entry = models.get(name)
+    if not entry or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
+        raise WeightsError(f"the model manifest in {folder} has no '{name}' entry ({label})")
+    source = entry.get("exported_from") if isinstance(entry.get("exported_from"), dict) else {}
+    checkpoint = models.get(str(source.get("model")), {})
+    if not source or checkpoint.get("sha256") != source.get("sha256"):
+        raise WeightsError(f"{label} graph {entry['file']} was exported from other weights than the manifest's "
+                           f"'{source.get('model')}' entry: export it again (python -m training.aifnet.export_onnx)")
+    weights_path = folder / str(checkpoint.get("file"))
+    if not weights_path.is_file():
+        raise WeightsError(f"{label} weights not found: {weights_path}")
+    if sha256_of(weights_path) != checkpoint["sha256"]:
+        raise WeightsError(f"{label} weights {weights_path.name} are corrupted or modified (sha256 differs from "
+                           f"the manifest)")
+    path = folder / entry["file"]
+    try:
+        content = path.read_bytes()
+    except OSError as e:
+        raise WeightsError(f"{label} graph {path.name} cannot be read: {e.strerror}") from None
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != entry["sha256"]:
+        raise WeightsError(f"{label} graph {path.name} is corrupted or modified "
+                           f"(sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}...)")
+    return content, dict(entry)

@@ -156,12 +156,14 @@ def thread_report() -> dict:
     count of network inference (model_weights.INFERENCE_CPU_THREADS); the maps do not depend on them."""
     import os
     import sys
+    from AIFSelectorLib.prepare.preprocessing import THREADS_ENV, usable_cores
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:
         available = os.cpu_count()
-    report = {"cpu_cores_available": available, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    if "torch" in sys.modules:
+    report = {"cpu_cores_available": available, "threads_used": usable_cores(),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "thread_cap": os.environ.get(THREADS_ENV)}
+    if "torch" in sys.modules or "onnxruntime" in sys.modules:
         from AIFSelectorLib.models.device import INFERENCE_CPU_THREADS
         report["network_inference_cpu_threads"] = INFERENCE_CPU_THREADS
     return report

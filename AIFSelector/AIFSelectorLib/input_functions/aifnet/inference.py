@@ -1,7 +1,9 @@
 """AIFNet inference: shipped weights -> AIF and VOF with their probability volumes.
 
 Weights: ``Resources/models/aifnet_aif.pt`` and ``aifnet_vof.pt``, loaded through :mod:`model_weights`
-(sha256 checked against the manifest before ``torch.load(..., weights_only=True)``).
+(sha256 checked against the manifest before ``torch.load(..., weights_only=True)``); on the CPU, their ONNX
+exports ``aifnet_aif.onnx`` and ``aifnet_vof.onnx`` run by onnxruntime when it is installed (``networks.py``:
+the same logits within float32 rounding, without importing torch).
 
 Missing, corrupted or unreadable weights raise :class:`WeightsError` (an :class:`InputError`); the
 pipeline catches it and falls back to the classic selector with a warning in the report.
@@ -18,29 +20,15 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
-from AIFSelectorLib.input_functions.aifnet.model import AIFNet, AIFNetConfig, network_frames
+from AIFSelectorLib.input_functions.aifnet.config import AIFNetConfig, network_frames
+from AIFSelectorLib.input_functions.aifnet.networks import as_network, load_networks
 from AIFSelectorLib.ctp_series import CTPSeries
 from AIFSelectorLib.input_functions.functions import InputFunctions
-from AIFSelectorLib.models.weights import WeightsError, load_checkpoint
-from AIFSelectorLib.models.device import resolve_device, thread_invariant
+from AIFSelectorLib.models.weights import WeightsError
 from AIFSelectorLib.prepare.preprocessing import block_factors, block_sums, bounding_box, slabs
 
 KINDS = ("aif", "vof")
-
-
-def _build_aifnet(config: dict) -> AIFNet:
-    return AIFNet(AIFNetConfig.from_dict(config))
-
-
-def load_model(kind: str, folder: Optional[Path] = None, device="cpu") -> Tuple[AIFNet, Dict]:
-    """The AIF or VOF network and its manifest entry; WeightsError when the file is missing, its sha256
-    differs from the manifest, or it does not load as an AIFNet checkpoint."""
-    model, info = load_checkpoint(kind, _build_aifnet, folder, label="AIFNet")
-    info = dict(info)
-    info["config"] = AIFNetConfig.from_dict(info["config"]).to_dict()
-    return model.to(device), info
 
 
 PVOL_SLAB_VOXELS = 1 << 22
@@ -70,16 +58,10 @@ def _block_mean(data: np.ndarray, fy: int, fx: int) -> np.ndarray:
     return out
 
 
-def receptive_radius(model: torch.nn.Module, axis: int = 0) -> int:
-    """Voxels of context each side along ``axis`` (0: z, 1: y, 2: x) that the network's output at one voxel
-    depends on: the sum of k // 2 over its 3D convolutions."""
-    return int(sum(m.kernel_size[axis] // 2 for m in model.modules() if isinstance(m, torch.nn.Conv3d)))
-
-
-def z_halo(model: torch.nn.Module) -> int:
+def z_halo(model) -> int:
     """Slices of context each side that the network's output at one slice depends on (its z receptive
-    radius)."""
-    return receptive_radius(model, 0)
+    radius; a torch AIFNet or a network of networks.py)."""
+    return as_network(model).radii_zyx[0]
 
 
 HEAD_HU = -500.0
@@ -116,38 +98,34 @@ def network_input(data_tzyx: np.ndarray, times_s: np.ndarray, config: AIFNetConf
     return network_frames(_block_mean(data_tzyx, *factors), times_s, config.n_frames, config.dt_s)
 
 
-def predict_logits(models: Sequence[AIFNet], series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS,
+def predict_logits(models: Sequence, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS,
                    factors: Tuple[int, int] = (1, 1)) -> List[np.ndarray]:
     """Each network's voxel logits, (z, ceil(y/fy), ceil(x/fx)) float32 on the series block-averaged in-plane
     by ``factors``: -inf (probability 0) in the air outside :func:`head_window`, and in it computed slab by
     slab along z with a halo of :func:`z_halo` slices, so the head's logits equal one whole-volume pass while
-    memory stays bounded. Networks that see the same frames with the same input normalisation share each
-    slab's normalised input (the AIF and VOF networks do)."""
+    memory stays bounded. ``models``: torch AIFNets (run on ``device``) or networks of networks.py. Networks
+    that see the same frames share each slab's input (the AIF and VOF networks do)."""
+    models = [as_network(m, device) for m in models]
     fy, fx = factors
     nz, ny, nx = series.shape_zyx
     ys, xs = head_window(series, factors,
-                         tuple(max([HEAD_MARGIN] + [receptive_radius(m, a) for m in models]) for a in (1, 2)))
+                         tuple(max([HEAD_MARGIN] + [m.radii_zyx[a] for m in models]) for a in (1, 2)))
     rows, cols = slice(ys.start * fy, min(ny, ys.stop * fy)), slice(xs.start * fx, min(nx, xs.stop * fx))
     step = max(1, max_voxels // ((ys.stop - ys.start) * (xs.stop - xs.start)))
-    halo = max(z_halo(m) for m in models)
+    halo = max(m.radii_zyx[0] for m in models)
     out = [np.full((nz, -(-ny // fy), -(-nx // fx)), -np.inf, np.float32) for _ in models]
-    groups = {}  # networks that see the same frames with the same normalisation share one input
+    groups = {}  # networks that see the same frames share one input
     for i, model in enumerate(models):
-        cfg = model.config
-        groups.setdefault((cfg.n_frames, cfg.dt_s, cfg.n_baseline, cfg.scale_hu), []).append(i)
-    with torch.inference_mode():
-        for z0 in range(0, nz, step):
-            z1 = min(nz, z0 + step)
-            a, b = max(0, z0 - halo), min(nz, z1 + halo)
-            for members in groups.values():
-                first = models[members[0]]
-                frames = network_input(series.data[:, a:b, rows, cols], series.times_s, first.config, factors)
-                enhancement = first.input_norm(torch.from_numpy(np.ascontiguousarray(frames))[None].to(device))
-                del frames
-                for i in members:
-                    result = models[i].normalised_logits(enhancement)[0, 0]
-                    out[i][z0:z1, ys, xs] = result[z0 - a: z1 - a].float().cpu().numpy()
-                del enhancement
+        groups.setdefault((model.config.n_frames, model.config.dt_s), []).append(i)
+    for z0 in range(0, nz, step):
+        z1 = min(nz, z0 + step)
+        a, b = max(0, z0 - halo), min(nz, z1 + halo)
+        for members in groups.values():
+            frames = network_input(series.data[:, a:b, rows, cols], series.times_s, models[members[0]].config,
+                                   factors)
+            for i in members:
+                out[i][z0:z1, ys, xs] = models[i].logits_array(frames)[z0 - a: z1 - a]
+            del frames
     return out
 
 
@@ -155,7 +133,8 @@ def pvol_from_logits(logits: np.ndarray, series: CTPSeries, factors: Tuple[int, 
     """The probability volume (z, y, x) float32: the softmax over every voxel of the logits (on the pooled
     grid), each block's probability shared evenly by its voxels; sums to 1."""
     fy, fx = factors
-    coarse = torch.softmax(torch.from_numpy(logits).reshape(-1).double(), dim=0).reshape(logits.shape).numpy()
+    coarse = np.exp(logits.astype(np.float64) - float(np.max(logits)))  # the softmax over every voxel
+    coarse /= coarse.sum()
     if fy == fx == 1:
         pvol = coarse
     else:
@@ -168,7 +147,7 @@ def pvol_from_logits(logits: np.ndarray, series: CTPSeries, factors: Tuple[int, 
     return pvol
 
 
-def predict_pvols(models: Sequence[AIFNet], series: CTPSeries, device="cpu",
+def predict_pvols(models: Sequence, series: CTPSeries, device="cpu",
                   max_voxels: int = PVOL_SLAB_VOXELS) -> List[np.ndarray]:
     """The probability volume (z, y, x) float32 of each network on a whole series (on the series
     block-averaged to the trained voxel size, see :data:`TRAINED_SPACING_MM`)."""
@@ -176,7 +155,7 @@ def predict_pvols(models: Sequence[AIFNet], series: CTPSeries, device="cpu",
     return [pvol_from_logits(lg, series, factors) for lg in predict_logits(models, series, device, max_voxels, factors)]
 
 
-def predict_pvol(model: AIFNet, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS) -> np.ndarray:
+def predict_pvol(model, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS) -> np.ndarray:
     """:func:`predict_pvols` of one network."""
     return predict_pvols([model], series, device, max_voxels)[0]
 
@@ -254,11 +233,8 @@ def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Opt
     detection); peak_enh_hu: the PTB volume when already computed (z, y, x). classic: a callable giving the
     classic selector's functions, used (with a warning) for a function whose Pvol is diffuse
     (:data:`MIN_CONCENTRATION`); without it a diffuse Pvol only gives a warning."""
-    dev = resolve_device(device)
-    aif_model, aif_info = load_model("aif", folder, dev)
-    vof_model, vof_info = load_model("vof", folder, dev)
-    with thread_invariant(dev):  # one network after the other on each slab's shared input
-        aif_pvol, vof_pvol = predict_pvols([aif_model, vof_model], series, dev)
+    networks, (aif_info, vof_info), dev = load_networks(device, folder)
+    aif_pvol, vof_pvol = predict_pvols(networks, series, dev)  # one network after the other on each slab
     aif_hu, vof_raw = dense_weighted_curves(series, [aif_pvol, vof_pvol])
     ptb = peak_enh_hu if peak_enh_hu is not None else peak_to_baseline(series, n_baseline)
     vof_hu, factor = recalibrate_vof(vof_raw, vof_pvol, ptb, n_baseline, series)
@@ -286,7 +262,7 @@ def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Opt
     return InputFunctions(
         times_s=series.times_s.copy(), aif_hu=aif_hu, vof_hu=vof_hu, aif_pvol=aif_pvol, vof_pvol=vof_pvol,
         method="aifnet", warnings=warnings,
-        details={"device": str(dev), "vof_recalibration_factor": float(factor),
+        details={"device": str(dev), "runtime": networks[0].runtime, "vof_recalibration_factor": float(factor),
                  "pvol_concentration": conc, "replaced_by_classic": replaced,
                  "aif_pvol_max": float(aif_pvol.max()), "vof_pvol_max": float(vof_pvol.max()),
                  "models": {"aifnet_aif": _short(aif_info), "aifnet_vof": _short(vof_info)}})
@@ -316,4 +292,4 @@ def dense_weighted_curve(series: CTPSeries, pvol: np.ndarray) -> np.ndarray:
 
 
 def _short(info: Dict) -> Dict:
-    return {"version": info["version"], "file": info["file"], "sha256": info["sha256"]}
+    return {k: info[k] for k in ("version", "file", "sha256", "graph", "graph_sha256") if k in info}
