@@ -31,10 +31,21 @@ from AIFSelectorLib.prepare.preprocessing import block_factors, block_sums, boun
 KINDS = ("aif", "vof")
 
 
-PVOL_SLAB_VOXELS = 1 << 22
-"""Voxels of the network's grid (after in-plane pooling) per z-slab of the forward pass, plus its halo: bounds
-the activations' memory (widths x voxels x 4 bytes, ~0.5 GB at width 32) on whole-brain series, while the halo
-(a few slices each side) stays a small part of each slab."""
+NETWORK_MEMORY_FRACTION = 0.5
+"""The networks' working memory (their input, its normalisation and two layers' activations, float32) is kept
+under this fraction of the series' own bytes, by running them on tiles of the network's grid: z-slabs with a
+halo of the receptive radius, split into rows with their own halo where a slab alone would exceed it. So the
+peak memory of AIFNet scales with the input (the demo phantom's 100 MB float32 series: 50 MB of network memory;
+a 4.2 GB whole brain: 2.1 GB)."""
+MIN_TILE_VOXELS = 1 << 16
+"""Network-grid voxels of a tile, at least (tiles much smaller spend most of their work on halos)."""
+
+
+def network_bytes_per_voxel(config: AIFNetConfig) -> int:
+    """float32 bytes per network-grid voxel while a network runs: its input frames, their normalisation, and
+    the widest layer's input and output."""
+    return 4 * (2 * config.n_frames + 2 * max(config.widths))
+
 
 TRAINED_SPACING_MM = 0.9
 """The finest in-plane voxel size [mm] of the shipped networks' training data. A finer series (e.g. a
@@ -98,34 +109,49 @@ def network_input(data_tzyx: np.ndarray, times_s: np.ndarray, config: AIFNetConf
     return network_frames(_block_mean(data_tzyx, *factors), times_s, config.n_frames, config.dt_s)
 
 
-def predict_logits(models: Sequence, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS,
+def predict_logits(models: Sequence, series: CTPSeries, device="cpu", max_voxels: Optional[int] = None,
                    factors: Tuple[int, int] = (1, 1)) -> List[np.ndarray]:
     """Each network's voxel logits, (z, ceil(y/fy), ceil(x/fx)) float32 on the series block-averaged in-plane
-    by ``factors``: -inf (probability 0) in the air outside :func:`head_window`, and in it computed slab by
-    slab along z with a halo of :func:`z_halo` slices, so the head's logits equal one whole-volume pass while
-    memory stays bounded. ``models``: torch AIFNets (run on ``device``) or networks of networks.py. Networks
-    that see the same frames share each slab's input (the AIF and VOF networks do)."""
+    by ``factors``: -inf (probability 0) in the air outside :func:`head_window`, and in it computed tile by
+    tile (z-slabs, split into rows when needed) with halos of the networks' receptive radii, so the head's
+    logits equal one whole-window pass (within float32 rounding) while memory stays bounded: tiles of at most
+    ``max_voxels`` network-grid voxels with their halos (default: :data:`NETWORK_MEMORY_FRACTION` of the series'
+    bytes). ``models``: torch AIFNets (run on ``device``) or networks of networks.py. Networks that see the same
+    frames share each tile's input (the AIF and VOF networks do)."""
     models = [as_network(m, device) for m in models]
     fy, fx = factors
     nz, ny, nx = series.shape_zyx
     ys, xs = head_window(series, factors,
                          tuple(max([HEAD_MARGIN] + [m.radii_zyx[a] for m in models]) for a in (1, 2)))
-    rows, cols = slice(ys.start * fy, min(ny, ys.stop * fy)), slice(xs.start * fx, min(nx, xs.stop * fx))
-    step = max(1, max_voxels // ((ys.stop - ys.start) * (xs.stop - xs.start)))
-    halo = max(m.radii_zyx[0] for m in models)
+    cols = slice(xs.start * fx, min(nx, xs.stop * fx))
+    if max_voxels is None:
+        per_voxel = max(network_bytes_per_voxel(m.config) for m in models)
+        max_voxels = max(MIN_TILE_VOXELS, int(NETWORK_MEMORY_FRACTION * series.data.nbytes / per_voxel))
+    hz, hy = max(m.radii_zyx[0] for m in models), max(m.radii_zyx[1] for m in models)
+    width, height = xs.stop - xs.start, ys.stop - ys.start
+    step_z = min(nz, max(1, max_voxels // (height * width)))
+    if step_z < nz and step_z < 4 * hz:  # thin slabs would be mostly halo: deeper slabs, split into rows
+        step_z = min(nz, 4 * hz)
+    depth = min(nz, step_z + 2 * hz)
+    step_y = height if depth * height * width <= max_voxels else \
+        min(height, max(4 * hy, max_voxels // (depth * width) - 2 * hy))
     out = [np.full((nz, -(-ny // fy), -(-nx // fx)), -np.inf, np.float32) for _ in models]
     groups = {}  # networks that see the same frames share one input
     for i, model in enumerate(models):
         groups.setdefault((model.config.n_frames, model.config.dt_s), []).append(i)
-    for z0 in range(0, nz, step):
-        z1 = min(nz, z0 + step)
-        a, b = max(0, z0 - halo), min(nz, z1 + halo)
-        for members in groups.values():
-            frames = network_input(series.data[:, a:b, rows, cols], series.times_s, models[members[0]].config,
-                                   factors)
-            for i in members:
-                out[i][z0:z1, ys, xs] = models[i].logits_array(frames)[z0 - a: z1 - a]
-            del frames
+    for z0 in range(0, nz, step_z):
+        z1 = min(nz, z0 + step_z)
+        a, b = max(0, z0 - hz), min(nz, z1 + hz)
+        for y0 in range(ys.start, ys.stop, step_y):  # rows of the window; the halo stays inside it
+            y1 = min(ys.stop, y0 + step_y)
+            c, d = max(ys.start, y0 - hy), min(ys.stop, y1 + hy)
+            rows = slice(c * fy, min(ny, d * fy))
+            for members in groups.values():
+                frames = network_input(series.data[:, a:b, rows, cols], series.times_s, models[members[0]].config,
+                                       factors)
+                for i in members:
+                    out[i][z0:z1, y0:y1, xs] = models[i].logits_array(frames)[z0 - a: z1 - a, y0 - c: y1 - c]
+                del frames
     return out
 
 
@@ -148,14 +174,14 @@ def pvol_from_logits(logits: np.ndarray, series: CTPSeries, factors: Tuple[int, 
 
 
 def predict_pvols(models: Sequence, series: CTPSeries, device="cpu",
-                  max_voxels: int = PVOL_SLAB_VOXELS) -> List[np.ndarray]:
+                  max_voxels: Optional[int] = None) -> List[np.ndarray]:
     """The probability volume (z, y, x) float32 of each network on a whole series (on the series
     block-averaged to the trained voxel size, see :data:`TRAINED_SPACING_MM`)."""
     factors = pool_factors(series.geometry.spacing_mm)
     return [pvol_from_logits(lg, series, factors) for lg in predict_logits(models, series, device, max_voxels, factors)]
 
 
-def predict_pvol(model, series: CTPSeries, device="cpu", max_voxels: int = PVOL_SLAB_VOXELS) -> np.ndarray:
+def predict_pvol(model, series: CTPSeries, device="cpu", max_voxels: Optional[int] = None) -> np.ndarray:
     """:func:`predict_pvols` of one network."""
     return predict_pvols([model], series, device, max_voxels)[0]
 
