@@ -69,13 +69,13 @@ class StrokeLesionWebApp:
         self.state = server.state
         self.device = device
         self.max_upload_mb = max_upload_mb
-        self._work = Path(tempfile.mkdtemp(prefix="strokelesion-web-"))
+        self.work_folder = Path(tempfile.mkdtemp(prefix="strokelesion-web-"))  # removed by close()
         self._closed = False
-        self.upload_root = self._work / "uploads"
+        self.upload_root = self.work_folder / "uploads"
         self.upload_root.mkdir()
-        self.exports_dir = Path(exports_dir) if exports_dir else self._work / "exports"
+        self.exports_dir = Path(exports_dir) if exports_dir else self.work_folder / "exports"
         self.exports_dir.mkdir(parents=True, exist_ok=True)
-        self.served_dir = self._work / "served"  # what /exports serves: copies of the exports' downloads only
+        self.served_dir = self.work_folder / "served"  # what /exports serves: copies of the exports' downloads only
         self.served_dir.mkdir()
         server.enable_module({"serve": {"exports": str(self.served_dir)}})
 
@@ -113,24 +113,16 @@ class StrokeLesionWebApp:
         for name in ("select_input_functions", "compute_maps", "create_segments", "export", "cancel",
                      "use_automatic", "clear_picks", "upload", "upload_too_large", "show_layout", "reset_view",
                      "dismiss_error"):
-            ctrl[name] = getattr(self, name)
-        state.change("frame_index")(self._guard(self._on_frame))
-        state.change("pvol_overlay", "pvol_opacity")(self._guard(self._on_overlay))
-        state.change("pick_mode")(self._guard(self._on_pick_mode))
-        state.change("radius_vox")(self._guard(self._on_radius))
-        state.change("core_rcbf", "tmax_s")(self._guard(self._on_thresholds))
-        state.change("segment_role", "segment_tool", "brush_mm")(self._guard(self._on_segment_tool))
-        state.change("segmentation_name")(self._guard(self._on_segmentation))
+            method = getattr(self, name)
+            ctrl[name] = method if asyncio.iscoroutinefunction(method) else self.tasks.reported(method)
+        state.change("frame_index")(self.tasks.guarded(self._on_frame))
+        state.change("pvol_overlay", "pvol_opacity")(self.tasks.guarded(self._on_overlay))
+        state.change("pick_mode")(self.tasks.guarded(self._on_pick_mode))
+        state.change("radius_vox")(self.tasks.guarded(self._on_radius))
+        state.change("core_rcbf", "tmax_s")(self.tasks.guarded(self._on_thresholds))
+        state.change("segment_role", "segment_tool", "brush_mm")(self.tasks.guarded(self._on_segment_tool))
+        state.change("segmentation_name")(self.tasks.guarded(self._on_segmentation))
         ctrl.on_server_exited.add(lambda **_: self.close())
-
-    def _guard(self, handler):
-        """A state-change handler whose errors become a message in the page."""
-        def wrapped(**kwargs):
-            try:
-                handler(**kwargs)
-            except Exception as e:  # noqa: BLE001
-                self.tasks.report_error(e)
-        return wrapped
 
     def close(self) -> None:
         """Stops the worker, forgets the scene, removes this server's temporary files (uploads and the
@@ -142,7 +134,7 @@ class StrokeLesionWebApp:
         self.tasks.shutdown()
         remove_color_legends(self.slicer_app.scene)
         self.adopted.release()
-        shutil.rmtree(self._work, ignore_errors=True)
+        shutil.rmtree(self.work_folder, ignore_errors=True)
 
     def dismiss_error(self) -> None:
         self.state.error_message = ""
@@ -222,7 +214,7 @@ class StrokeLesionWebApp:
     def open_scene(self, path: Path) -> None:
         """A scene bundle written by the Slicer modules, `strokelesion run --scene` or this app's export."""
         self._new_case()
-        unpacked = tempfile.mkdtemp(prefix="bundle-", dir=self._work)  # a new folder per bundle opened
+        unpacked = tempfile.mkdtemp(prefix="bundle-", dir=self.work_folder)  # a new folder per bundle opened
         if not self.slicer_app.app_logic.OpenSlicerDataBundle(str(Path(path).absolute()), unpacked):
             raise InputError(f"{path.name} is not a readable Slicer scene bundle")
         self.session = ReviewSession(self.slicer_app.scene)

@@ -6,6 +6,7 @@ a network is a deliberate choice, with --host). When the server listens it print
 """
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -45,7 +46,8 @@ def serve(source: Optional[str] = None, host: str = "127.0.0.1", port: int = 808
         status["code"] = 128 + signum
         app.tasks.shutdown()
         asyncio.ensure_future(server.stop())
-        timer = threading.Timer(STOP_GRACE_S, lambda: os._exit(status["code"]))
+        timer = threading.Timer(STOP_GRACE_S, lambda: (shutil.rmtree(app.work_folder, ignore_errors=True),
+                                                       os._exit(status["code"])))  # its temporary files go too
         timer.daemon = True
         timer.start()
 

@@ -53,6 +53,24 @@ class TaskRunner:
         with self._state:
             self._state.error_message = (f"{what}: " if what else "") + one_line(error)
 
+    def guarded(self, handler):
+        """A state-change handler whose errors become a message in the page."""
+        def wrapped(**kwargs):
+            try:
+                handler(**kwargs)
+            except Exception as e:  # noqa: BLE001
+                self.report_error(e)
+        return wrapped
+
+    def reported(self, method):
+        """A control's (synchronous) method whose errors become a message in the page."""
+        def wrapped(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                self.report_error(e)
+        return wrapped
+
     async def run(self, label: str, compute: Callable, apply: Callable, done: Optional[str] = None) -> bool:
         """Runs ``compute`` then ``apply``; returns True when both ran. One task at a time."""
         state = self._state
