@@ -16,6 +16,7 @@ import torch
 from AIFSelectorLib.input_functions.aifnet import inference as inf, networks
 from AIFSelectorLib.input_functions.aifnet.model import AIFNet, AIFNetConfig, macs_per_voxel
 from AIFSelectorLib.models.blocks import count_parameters
+from AIFSelectorLib.models.device import resolve_device
 from AIFSelectorLib.io.ctp_io import series_from_array
 
 
@@ -33,7 +34,7 @@ def main():
     bolus = 300 * np.clip(t - 8, 0, None) ** 3 * np.exp(-np.clip(t - 8, 0, None) / 1.5) / (4.5 ** 3 * np.exp(-3))
     data[:, 8, 100:103, 120:123] += bolus[:, None, None].astype(np.float32)
     series = series_from_array(data, dt_s=1.0, spacing_mm=(0.9, 0.9, 6.0))
-    dev = inf.resolve_device(args.device)
+    dev = resolve_device(args.device)
     for kind in ("aif", "vof"):
         m, info = networks.load_model(kind, device=dev)
         n_vox = int(np.prod(series.shape_zyx))

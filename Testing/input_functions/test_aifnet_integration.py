@@ -236,3 +236,25 @@ def test_a_graph_not_exported_from_the_shipped_weights_is_refused(small_case, br
     (broken_models / "aifnet_vof.onnx").write_bytes(bytes(graph))
     with pytest.raises(weights.WeightsError, match="aifnet_vof.onnx is corrupted or modified"):
         networks.load_networks("cpu")
+
+
+@needs_weights
+def test_without_a_runtime_the_policy_falls_back_to_classic():
+    """Neither onnxruntime nor torch importable (here: torch forced, and blocked): a WeightsError, so the
+    selection policy gives the classic selector's functions with a warning, not a crash."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ImportError('torch is blocked by the test')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "from AIFSelectorLib.phantom.case import make_phantom; "
+            "from AIFSelectorLib.prepare.prepared import prepare; "
+            "from AIFSelectorLib.input_functions.policy import select_input_functions; "
+            "f = select_input_functions(prepare(make_phantom(1, shape_zyx=(2, 64, 64), n_frames=40).series), 'aifnet'); "
+            "print(f.method, any('onnxruntime (CPU) or torch' in w for w in f.warnings))")
+    env = dict(__import__("os").environ, **{networks.RUNTIME_ENV: "torch"})
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.stdout.split() == ["classic", "True"], done.stderr[-2000:]

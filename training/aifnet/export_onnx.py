@@ -9,7 +9,7 @@ compared with torch's (refused beyond :data:`LOGIT_TOLERANCE`), and only then ar
 (written atomically) and its manifest entry ``<kind>_onnx`` written. The entry records the checkpoint's
 sha256 (``exported_from``), so inference refuses a graph that is not the export of the shipped weights, and
 the networks' receptive radii, which inference needs for its slab halos. Needs ``onnx`` (pip install
-'.[training]').
+'.[deep]').
 """
 import argparse
 import io

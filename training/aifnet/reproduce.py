@@ -84,6 +84,9 @@ def main(argv=None) -> int:
         return 0
     if not args.eval_only:
         write_manifest(args.out)
+        from .export_onnx import export  # the CPU runtime's graphs of the new weights (stale ones are refused)
+        for kind in (args.only,) if args.only else ("aif", "vof"):
+            export(kind, args.out)
     if not args.skip_eval:
         from . import evaluate
         out_json = work / "evaluation.json"
@@ -91,6 +94,7 @@ def main(argv=None) -> int:
                        "--json", str(out_json)])
         res = json.loads(out_json.read_text(encoding="utf-8"))
         write_manifest(args.out, evaluation=compact_evaluation(res))
+    shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {args.out}")
     return 0
 

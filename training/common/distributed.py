@@ -128,10 +128,11 @@ class Distributed:
 
 
 def _leave_group() -> None:
-    """At the process's end: leaves the process group once every rank is there (a rank that tears gloo down
-    while another still talks to it can abort: 'terminate called without an active exception', seen once)."""
+    """At the process's end: leaves the process group, without waiting for the other ranks (a rank that ends on
+    an error, or that only rank 0's evaluation outlives, must not block in a collective). Every training ends
+    in :meth:`Distributed.close`'s barrier, so no rank tears gloo down while another still talks to it (which
+    aborted a run once: 'terminate called without an active exception')."""
     if dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -89,6 +89,7 @@ def main(argv=None) -> int:
                   "date": time.strftime("%Y-%m-%d"), "metrics": result["summary"],
                   "parameter_counts_same_depth_and_widths": result["parameter_counts"]}
     register(args.out / "xnet.pt", args.out, evaluation)
+    shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {args.out / 'xnet.pt'} and its manifest entry ({time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -89,7 +89,7 @@ def validation_dice(model, cases: Sequence[Tuple[np.ndarray, np.ndarray]], thres
                           for s, y in cases]))
 
 
-def load_data(args, config, deadline: float):
+def load_data(args, config, deadline: float, d=None):
     """((train slices, labels, case index), validation (slices, labels) pairs per case, data description)."""
     if args.data == "atlas":
         train = [case_slices(c, config) for c in atlas_cases(args.root, "train")]
@@ -101,7 +101,8 @@ def load_data(args, config, deadline: float):
     val = phantom_slices(val_seeds, config, args.cache)
     train = []
     for seed in train_seeds:  # generation stops at the deadline's half, keeping time to train
-        if train and time.time() > deadline - 0.5 * (deadline - args.t_start):
+        late = time.time() > deadline - 0.5 * (deadline - args.t_start)
+        if train and (d.any(late) if d is not None else late):  # every rank stops at the same case
             break
         train += phantom_slices([seed], config, args.cache)
     data = {"source": "digital phantom T1 look-alike (AIFSelectorLib.phantom.case, lesion_variety=True, head rotation "
@@ -127,7 +128,7 @@ def train(args) -> Dict[str, object]:
     deadline = args.t_start + 60.0 * args.max_minutes
     config = variant_config(XNetConfig(widths=tuple(args.widths), grid_size=args.grid_size,
                                        grid_spacing_mm=args.grid_spacing_mm), args.variant)
-    (slices, labels, index), val, data = load_data(args, config, deadline)
+    (slices, labels, index), val, data = load_data(args, config, deadline, d)
     t_data = time.time() - args.t_start
     if args.eval_every <= 0:
         args.eval_every = max(1, int(np.ceil(len(slices) / args.batch_size)))
@@ -143,6 +144,7 @@ def train(args) -> Dict[str, object]:
     class_weights = None if args.lesion_weight == 1.0 else (1.0, args.lesion_weight)
     best, best_iter, best_state, since_best, since_decay, lr = -1.0, 0, None, 0, 0, args.lr
     final_decay_at = deadline - args.final_decay * (deadline - time.time()) if args.final_decay > 0 else float("inf")
+    final_decayed = False
     losses: List[float] = []
     it = 0
     if args.resume is not None:
@@ -150,6 +152,8 @@ def train(args) -> Dict[str, object]:
         it, losses, lr = int(extra["iteration"]), list(extra["losses"]), float(extra["lr"])
         best, best_iter, since_best, since_decay = (float(extra["best"]), int(extra["best_iter"]),
                                                     int(extra["since_best"]), int(extra["since_decay"]))
+        if extra.get("final_decayed"):  # a state written after the final decay: not decayed a second time
+            final_decay_at, final_decayed = float("inf"), True
         best_state = extra.get("best_state")
         log(f"resumed from {args.resume} at iteration {it + 1}")
 
@@ -178,7 +182,7 @@ def train(args) -> Dict[str, object]:
         it += 1
         if together(time.time() >= final_decay_at):
             decay()
-            final_decay_at = float("inf")
+            final_decay_at, final_decayed = float("inf"), True
         if it % args.eval_every == 0 or it == args.iters or together(time.time() >= deadline):
             core.eval()
             score = d.agreed(validation_dice(core, val))
@@ -198,7 +202,7 @@ def train(args) -> Dict[str, object]:
         if args.state_every and it % args.state_every == 0:
             save_state(args.out / "state.pt", d, model, opt, it, rng, scaler=scaler, extra={
                 "iteration": it, "losses": losses, "lr": lr, "best": best, "best_iter": best_iter,
-                "since_best": since_best, "since_decay": since_decay,
+                "since_best": since_best, "since_decay": since_decay, "final_decayed": final_decayed,
                 **({"best_state": best_state} if best_state is not None else {})})
     seconds = time.time() - args.t_start
     if best_state is not None:

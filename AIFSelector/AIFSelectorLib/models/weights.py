@@ -138,10 +138,17 @@ def read_exported_graph(name: str, folder: Optional[Path] = None, label: str = "
     if not source or checkpoint.get("sha256") != source.get("sha256"):
         raise WeightsError(f"{label} graph {entry['file']} was exported from other weights than the manifest's "
                            f"'{source.get('model')}' entry: export it again (python -m training.aifnet.export_onnx)")
+    missing = [k for k in ("config", "receptive_radius_zyx") if k not in entry]
+    if missing:
+        raise WeightsError(f"the manifest entry '{name}' lacks {', '.join(missing)}")
     weights_path = folder / str(checkpoint.get("file"))
     if not weights_path.is_file():
         raise WeightsError(f"{label} weights not found: {weights_path}")
-    if sha256_of(weights_path) != checkpoint["sha256"]:
+    try:
+        intact = sha256_of(weights_path) == checkpoint["sha256"]
+    except OSError as e:
+        raise WeightsError(f"{label} weights {weights_path.name} cannot be read: {e.strerror}") from None
+    if not intact:
         raise WeightsError(f"{label} weights {weights_path.name} are corrupted or modified (sha256 differs from "
                            f"the manifest)")
     path = folder / entry["file"]

@@ -134,7 +134,7 @@ def predict_logits(models: Sequence, series: CTPSeries, device="cpu", max_voxels
         step_z = min(nz, 4 * hz)
     depth = min(nz, step_z + 2 * hz)
     step_y = height if depth * height * width <= max_voxels else \
-        min(height, max(4 * hy, max_voxels // (depth * width) - 2 * hy))
+        min(height, max(1, 4 * hy, max_voxels // (depth * width) - 2 * hy))
     out = [np.full((nz, -(-ny // fy), -(-nx // fx)), -np.inf, np.float32) for _ in models]
     groups = {}  # networks that see the same frames share one input
     for i, model in enumerate(models):

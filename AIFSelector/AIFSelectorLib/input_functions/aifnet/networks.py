@@ -25,7 +25,7 @@ import numpy as np
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.input_functions.aifnet.config import AIFNetConfig
 from AIFSelectorLib.models.device import INFERENCE_CPU_THREADS, cuda_if_present
-from AIFSelectorLib.models.weights import load_checkpoint, read_exported_graph
+from AIFSelectorLib.models.weights import WeightsError, load_checkpoint, read_exported_graph
 
 RUNTIME_ENV = "STROKELESION_AIFNET_RUNTIME"
 """'torch' or 'onnxruntime' forces a runtime on the CPU; unset or 'auto': onnxruntime when installed."""
@@ -132,10 +132,17 @@ def load_networks(device: Optional[str] = "auto", folder: Optional[Path] = None)
         networks, infos = [], []
         for kind in ("aif", "vof"):
             graph, entry = read_exported_graph(f"{kind}_onnx", folder, label="AIFNet")
-            networks.append(OnnxNetwork(graph, entry))
+            try:
+                networks.append(OnnxNetwork(graph, entry))
+            except Exception as e:  # noqa: BLE001 - a graph or an onnxruntime that cannot run it: unusable
+                raise WeightsError(f"AIFNet graph {entry['file']} cannot run in onnxruntime: "
+                                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
             infos.append({"file": shipped[kind]["file"], "sha256": shipped[kind]["sha256"],
                           "version": shipped[kind].get("version", shipped[kind]["sha256"][:12]),
                           "graph": entry["file"], "graph_sha256": entry["sha256"]})
         return networks, infos, dev
-    loaded = [load_model(kind, folder, dev) for kind in ("aif", "vof")]
+    try:
+        loaded = [load_model(kind, folder, dev) for kind in ("aif", "vof")]
+    except ImportError as e:  # neither runtime: the selection policy falls back to the classic selector
+        raise WeightsError(f"AIFNet needs onnxruntime (CPU) or torch: {e}") from None
     return [TorchNetwork(m, dev) for m, _ in loaded], [info for _, info in loaded], dev
