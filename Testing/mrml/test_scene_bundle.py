@@ -63,6 +63,10 @@ def test_run_writes_a_complete_bundle_atomically(run):
         mrml = [n for n in names if n.endswith(".mrml")]
         assert mrml == ["case/case.mrml"]
         text = z.read(mrml[0]).decode()
+        kinds = {i.filename: i.compress_type for i in z.infolist()}
+    # the storage nodes' gzip-encoded NRRDs are stored as they are (not deflated a second time), the rest deflated
+    assert kinds["case/Data/CTP.seq.nrrd"] == zipfile.ZIP_STORED, kinds
+    assert kinds["case/case.mrml"] == zipfile.ZIP_DEFLATED
     for f in _referenced_files(text):
         assert f"case/{f}" in names, f"the scene references {f}, which is not in the bundle"
     for f in ("Data/CTP.seq.nrrd", "Data/AIFSelector curves.tsv", "Data/CBF.nrrd", "Data/Stroke lesion.seg.nrrd"):

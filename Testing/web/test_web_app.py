@@ -250,7 +250,7 @@ def test_an_exported_scene_reopens_with_its_segments(small_ctp, tmp_path, app):
     run(app.create_segments())
     volumes = dict(app.state.volumes)
     (app.exports_dir / "private-notes.txt").write_text("a file of the user's")
-    app.export()
+    run(app.export())
     folder = app.state.exports[0]["folder"]
     served = sorted(p.relative_to(app.served_dir).as_posix() for p in app.served_dir.rglob("*") if p.is_file())
     assert served == ["export-1/report.json", "export-1/report.png", "export-1/scene.mrb"]

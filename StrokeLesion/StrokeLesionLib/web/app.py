@@ -567,25 +567,30 @@ class StrokeLesionWebApp:
 
     # ------------------------------------------------------------------------------------------- export
 
-    def export(self) -> None:
+    async def export(self) -> None:
+        """The run's files and scene.mrb into a new folder of the exports: a step of the page with its progress
+        line (a few seconds: the scene bundle is written on the main thread, which alone touches the scene)."""
         n = 1 + max([int(p.name.split("-")[-1]) for p in self.exports_dir.glob("export-*")
                      if p.name.split("-")[-1].isdigit()] or [0])
         folder = self.exports_dir / f"export-{n}"
-        try:
+
+        def announce(progress):  # the page shows the step before the writing holds the server
+            progress(0.5, "writing the maps, the report and the scene bundle")
+
+        def apply(_):
             self._update_volumes()
             files = self.session.export(folder)
-        except Exception as e:  # noqa: BLE001
-            self.tasks.report_error(e, "export")
-            return
-        offered = [f for f in files if f in ("report.json", "report.png", "scene.mrb")]
-        served = self.served_dir / folder.name
-        served.mkdir()
-        for name in offered:
-            shutil.copyfile(folder / name, served / name)
-        entry = {"name": folder.name, "folder": str(folder),
-                 "files": [{"name": f, "url": f"/exports/{folder.name}/{f}"} for f in offered]}
-        self.state.exports = [entry] + list(self.state.exports)
-        self.state.status_message = f"exported {len(files)} files to {folder}"
+            offered = [f for f in files if f in ("report.json", "report.png", "scene.mrb")]
+            served = self.served_dir / folder.name
+            served.mkdir()
+            for name in offered:
+                shutil.copyfile(folder / name, served / name)
+            entry = {"name": folder.name, "folder": str(folder),
+                     "files": [{"name": f, "url": f"/exports/{folder.name}/{f}"} for f in offered]}
+            self.state.exports = [entry] + list(self.state.exports)
+            self.state.status_message = f"exported {len(files)} files to {folder}"
+
+        await self.tasks.run("export", announce, apply)
 
     def cancel(self) -> None:
         self.tasks.cancel()
