@@ -20,7 +20,7 @@ from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMR
                     vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, vtkMRMLTableNode)
 
 from AIFSelectorLib.gui.background import runInBackground
-from AIFSelectorLib.gui.installers import ensurePythonDependencies, ensureTorch
+from AIFSelectorLib.gui.installers import ensureAIFNetRuntime, ensurePythonDependencies
 from AIFSelectorLib.mrml import aif_selector_logic as lib
 
 P = lib.PARAMETERS
@@ -296,7 +296,7 @@ class AIFSelectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             series = self.logic.inputSeries()
         selector = self._parameterNode.selector
         if selector == "aifnet":
-            ensureTorch(required=False)  # declined or failed: the one policy falls back to the classic selector
+            ensureAIFNetRuntime()  # declined or failed: the one policy falls back to the classic selector
         device = self.logic.device()
         logic = self.logic
 

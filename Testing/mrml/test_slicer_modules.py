@@ -239,6 +239,11 @@ def test_torch_is_installed_through_pytorchutils_with_a_confirmation():
     body = source[source.index("def ensureTorch"):]
     assert "confirmOkCancelDisplay" in body and "import PyTorchUtils" in body
     assert body.index("confirmOkCancelDisplay") < body.index("installTorch(")
+    runtime = source[source.index("def ensureAIFNetRuntime"):source.index("def ensureTorch")]
+    # AIFNet's CPU runtime is offered first, with a confirmation; PyTorch after it
+    assert runtime.index("confirmOkCancelDisplay") < runtime.index('pip_install("onnxruntime")')
+    assert runtime.index('pip_install("onnxruntime")') < runtime.index("return ensureTorch(required=False)")
+    assert "ensureAIFNetRuntime()" in module_source("AIFSelector")
     for name in ("AIFSelector", "StrokeLesion"):  # both Widgets share it, neither imports the other's module file
         assert "from AIFSelectorLib.gui.installers import" in module_source(name)
         assert "from AIFSelector import" not in module_source(name)

@@ -1,5 +1,5 @@
-"""Installing what the modules need on first use, after asking: Python packages Slicer may lack, and PyTorch
-through the PyTorch extension."""
+"""Installing what the modules need on first use, after asking: Python packages Slicer may lack, AIFNet's CPU
+runtime (onnxruntime), and PyTorch through the PyTorch extension."""
 import importlib
 import importlib.util
 
@@ -22,6 +22,26 @@ def ensurePythonDependencies():
             slicer.util.pip_install(m)
     importlib.invalidate_caches()
     return True
+
+
+def ensureAIFNetRuntime() -> bool:
+    """A runtime for AIFNet, installed on first use after a confirmation: onnxruntime (about 15 MB; AIFNet's CPU
+    runtime, on the networks' shipped ONNX export), else PyTorch (:func:`ensureTorch`). Returns False when
+    neither is there: the selection policy then uses the classic selector."""
+    if importlib.util.find_spec("onnxruntime") is not None or torch_available():
+        return True
+    if slicer.util.confirmOkCancelDisplay(
+            "AIFNet runs on the CPU through onnxruntime (a download of about 15 MB), which is not installed. "
+            "Install it now?\n\nCancel offers PyTorch instead.", windowTitle="AIF Selector"):
+        with slicer.util.WaitCursor():
+            try:
+                slicer.util.pip_install("onnxruntime")
+            except Exception as e:  # noqa: BLE001 - no network, no wheel for this platform: PyTorch is offered
+                slicer.util.errorDisplay(f"onnxruntime could not be installed: {e}")
+        importlib.invalidate_caches()
+        if importlib.util.find_spec("onnxruntime") is not None:
+            return True
+    return ensureTorch(required=False)
 
 
 def ensureTorch(required: bool) -> bool:
