@@ -8,8 +8,8 @@ to voxel logits):
 - :class:`OnnxNetwork`: the same ``AIFNet.logits`` exported to ONNX from that checkpoint
   (``python -m training.aifnet.export_onnx``; manifest entries ``aif_onnx`` and ``vof_onnx``, whose
   ``exported_from`` holds the checkpoint's sha256), run by onnxruntime on the CPU. It gives the torch module's
-  logits within float32 rounding (at most 7.6e-6 on logits of ~30, checked at export) without importing torch, which takes 1-1.5 s
-  and holds 220 MB on the 2-core machine; its convolutions are also a little faster.
+  logits within float32 rounding (at most 7.6e-6 on logits of ~30, checked at export) without importing torch,
+  which takes 1-1.5 s and holds 220 MB on the 2-core machine; its convolutions are also a little faster.
 
 :func:`load_networks` picks onnxruntime on the CPU when it is installed and the graphs are shipped, torch
 otherwise (CUDA, or ``STROKELESION_AIFNET_RUNTIME=torch``). Both run on a fixed number of CPU threads
