@@ -509,3 +509,22 @@ def test_memory_check_counts_stored_values_and_voxels(monkeypatch):
     with pytest.raises(InputError, match=r"brain\.nii\.gz declares 2,097,152,000 voxel values, about 19\.2 GiB .* "
                                          r"16\.0 GiB of memory available: refusing to allocate it"):
         nifti.check_memory(n_voxels * 25, "brain.nii.gz", itemsize=4, n_voxels=n_voxels)
+
+
+def test_a_nifti_dicom_extension_is_kept_unparsed_and_pydicom_is_not_imported(tmp_path):
+    """NIfTI extension code 2 (a DICOM header) holds untrusted bytes the project never reads: nibabel keeps it as
+    raw bytes instead of parsing it with pydicom (which then is not imported at all for a NIfTI series)."""
+    import subprocess
+    import sys
+    import nibabel as nib
+    data = np.random.default_rng(0).normal(40, 5, (3, 8, 8, 12)).astype(np.float32)  # x, y, z, t
+    img = nib.Nifti1Image(data, np.diag([1.0, 1.0, 5.0, 1.0]))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 1.0
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(2, b"\x00\x01 not a DICOM header at all \xff" * 3))
+    path = tmp_path / "with_extension.nii.gz"
+    nib.save(img, str(path))
+    code = ("import sys; from AIFSelectorLib.io.ctp_io import load_ctp; "
+            f"s = load_ctp({str(path)!r}); print(s.data.shape, 'pydicom' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["(12,", "8,", "8,", "3)", "False"], done.stderr[-2000:]
