@@ -43,6 +43,19 @@ def resolve_device(device: Optional[str] = "auto"):
     return torch.device(device)
 
 
+def release_freed_memory() -> None:
+    """Returns the memory a network run freed to the system (glibc's malloc_trim; nothing elsewhere). onnxruntime
+    frees its buffers tile by tile, but the C heap keeps the pages, so the resident memory stayed at the
+    networks' peak through the maps and the writing after them."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        pass
+
+
 INFERENCE_CPU_THREADS = 2
 """torch threads for network inference on the CPU, the same on every machine. A convolution's sums are reduced in
 an order that depends on the thread count, so its float results do (by ~1e-5), and the AIF taken from them then

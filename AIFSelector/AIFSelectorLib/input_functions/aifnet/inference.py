@@ -25,18 +25,20 @@ from AIFSelectorLib.input_functions.aifnet.config import AIFNetConfig, network_f
 from AIFSelectorLib.input_functions.aifnet.networks import as_network, load_networks
 from AIFSelectorLib.ctp_series import CTPSeries
 from AIFSelectorLib.input_functions.functions import InputFunctions
+from AIFSelectorLib.models.device import release_freed_memory
 from AIFSelectorLib.models.weights import WeightsError
 from AIFSelectorLib.prepare.preprocessing import block_factors, block_sums, bounding_box, slabs
 
 KINDS = ("aif", "vof")
 
 
-NETWORK_MEMORY_FRACTION = 0.5
+NETWORK_MEMORY_FRACTION = 0.4
 """The networks' working memory (their input, its normalisation and two layers' activations, float32) is kept
 under this fraction of the series' own bytes, by running them on tiles of the network's grid: z-slabs with a
 halo of the receptive radius, split into rows with their own halo where a slab alone would exceed it. So the
-peak memory of AIFNet scales with the input (the demo phantom's 100 MB float32 series: 50 MB of network memory;
-a 4.2 GB whole brain: 2.1 GB)."""
+peak memory of AIFNet scales with the input (the demo phantom's 100 MB float32 series: 40 MB of network memory;
+a 4.2 GB whole brain: 1.7 GB). Measured on the demo `run` (six runs each, 2-core machine): 0.5 gave peaks of
+3.4-4.0x the input, 0.4 gives 3.2-3.4x for ~0.1 s more in AIFNet (smaller tiles, more halo)."""
 MIN_TILE_VOXELS = 1 << 16
 """Network-grid voxels of a tile, at least (tiles much smaller spend most of their work on halos)."""
 
@@ -261,6 +263,9 @@ def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Opt
     (:data:`MIN_CONCENTRATION`); without it a diffuse Pvol only gives a warning."""
     networks, (aif_info, vof_info), dev = load_networks(device, folder)
     aif_pvol, vof_pvol = predict_pvols(networks, series, dev)  # one network after the other on each slab
+    runtime = networks[0].runtime
+    del networks  # their sessions, then the memory the runs freed, go back
+    release_freed_memory()
     aif_hu, vof_raw = dense_weighted_curves(series, [aif_pvol, vof_pvol])
     ptb = peak_enh_hu if peak_enh_hu is not None else peak_to_baseline(series, n_baseline)
     vof_hu, factor = recalibrate_vof(vof_raw, vof_pvol, ptb, n_baseline, series)
@@ -288,7 +293,7 @@ def select_aifnet(series: CTPSeries, device: Optional[str] = "auto", folder: Opt
     return InputFunctions(
         times_s=series.times_s.copy(), aif_hu=aif_hu, vof_hu=vof_hu, aif_pvol=aif_pvol, vof_pvol=vof_pvol,
         method="aifnet", warnings=warnings,
-        details={"device": str(dev), "runtime": networks[0].runtime, "vof_recalibration_factor": float(factor),
+        details={"device": str(dev), "runtime": runtime, "vof_recalibration_factor": float(factor),
                  "pvol_concentration": conc, "replaced_by_classic": replaced,
                  "aif_pvol_max": float(aif_pvol.max()), "vof_pvol_max": float(vof_pvol.max()),
                  "models": {"aifnet_aif": _short(aif_info), "aifnet_vof": _short(vof_info)}})
