@@ -521,10 +521,16 @@ def test_a_nifti_dicom_extension_is_kept_unparsed_and_pydicom_is_not_imported(tm
     img = nib.Nifti1Image(data, np.diag([1.0, 1.0, 5.0, 1.0]))
     img.header.set_xyzt_units("mm", "sec")
     img.header["pixdim"][4] = 1.0
-    img.header.extensions.append(nib.nifti1.Nifti1Extension(2, b"\x00\x01 not a DICOM header at all \xff" * 3))
+    # bytes 4:6 are not UTF-8: pydicom's parser refused such a file as "not a NIfTI image"
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(2, b"\x00\x01\x02\x03\xff\xfe not DICOM" * 3))
     path = tmp_path / "with_extension.nii.gz"
     nib.save(img, str(path))
     code = ("import sys; from AIFSelectorLib.io.ctp_io import load_ctp; "
             f"s = load_ctp({str(path)!r}); print(s.data.shape, 'pydicom' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["(12,", "8,", "8,", "3)", "False"], done.stderr[-2000:]
+    # where pydicom and nibabel were imported before (Slicer, a DICOM series read earlier): still not parsed
+    code = ("import pydicom, nibabel; from AIFSelectorLib.io.ctp_io import load_ctp; "
+            f"print(load_ctp({str(path)!r}).data.shape)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["(12,", "8,", "8,", "3)"], done.stderr[-2000:]

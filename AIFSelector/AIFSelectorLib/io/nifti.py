@@ -39,29 +39,36 @@ _REAL_KINDS = "iuf"
 
 
 class _NoPydicom:
-    """Import hook that reports pydicom as absent (see :func:`nibabel`)."""
+    """Import hook that reports pydicom as absent to one thread, while it imports nibabel (see :func:`nibabel`)."""
+
+    def __init__(self):
+        import threading
+        self.thread = threading.get_ident()
 
     def find_spec(self, name, path=None, target=None):
-        if name == "pydicom" or name.startswith("pydicom."):
+        import threading
+        if (name == "pydicom" or name.startswith("pydicom.")) and threading.get_ident() == self.thread:
             raise ImportError("pydicom is not used for NIfTI extensions")
         return None
 
 
 def nibabel():
-    """nibabel, imported (when this process has not imported pydicom yet) without its optional parser of DICOM
-    header extensions (NIfTI extension code 2): nibabel then keeps such an extension as raw bytes, which this
-    project never reads, instead of parsing untrusted bytes with pydicom; and it does not import pydicom, 0.13 s
-    of every command's start on the 2-core machine. pydicom itself stays importable (the DICOM reader uses it)."""
+    """nibabel, without its parser of DICOM header extensions (NIfTI extension code 2): such an extension stays
+    raw bytes, which this project never reads, instead of untrusted bytes parsed by pydicom (whose parser refused
+    files whose extension bytes were not UTF-8 where it expected a VR). When this process has not imported
+    pydicom yet, nibabel is imported without it (pydicom costs 0.13 s of every command's start on the 2-core
+    machine); pydicom itself stays importable (the DICOM reader uses it)."""
     import sys
-    if "nibabel" in sys.modules or "pydicom" in sys.modules:
-        import nibabel as nib
-        return nib
-    blocker = _NoPydicom()
-    sys.meta_path.insert(0, blocker)
-    try:
-        import nibabel as nib
-    finally:
-        sys.meta_path.remove(blocker)
+    if "nibabel" not in sys.modules and "pydicom" not in sys.modules:
+        blocker = _NoPydicom()
+        sys.meta_path.insert(0, blocker)
+        try:
+            import nibabel  # noqa: F401 - imported here, without pydicom; bound below in either case
+        finally:
+            sys.meta_path.remove(blocker)
+    import nibabel as nib
+    for key in (2, "dicom"):  # also where nibabel was imported with pydicom (Slicer, a DICOM read before)
+        nib.nifti1.extension_codes.handler[key] = nib.nifti1.Nifti1Extension
     return nib
 
 

@@ -48,11 +48,9 @@ def release_freed_memory() -> None:
     frees its buffers tile by tile, but the C heap keeps the pages, so the resident memory stayed at the
     networks' peak through the maps and the writing after them."""
     import ctypes
-    import ctypes.util
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: glibc's on Linux
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl)
         pass
 
 

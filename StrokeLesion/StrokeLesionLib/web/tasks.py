@@ -14,6 +14,11 @@ from typing import Callable, Optional
 
 from AIFSelectorLib.errors import InputError
 
+APPLY_DELAY_S = 0.05
+"""Seconds the event loop runs between a step's worker half and its main-thread half (``apply``), so that the
+state sends queued meanwhile (the last progress line) reach the page before a long ``apply`` (the export's scene
+bundle) holds the loop."""
+
 log = logging.getLogger("strokelesion.web")
 
 
@@ -99,6 +104,7 @@ class TaskRunner:
             result = await loop.run_in_executor(self._executor, compute, progress)
             if self._cancel.is_set():
                 raise Cancelled()
+            await asyncio.sleep(APPLY_DELAY_S)  # the page gets the last progress line before apply holds the loop
             before = state.status_message
             apply(result)
             ok = True
