@@ -174,7 +174,7 @@ def run_training(model, train_samples: Sequence[dict], val_samples: Sequence[dic
                 sched.step()
             it_total += 1
             history.append((it_total, stage, d.mean(terms["total"].item())))
-            out_of_time = d.mean(float(time.perf_counter() > stage_end)) > 0
+            out_of_time = d.any(time.perf_counter() > stage_end)
             if segmenting and val_samples and (it % opts.eval_every == 0 or it == n_iters or out_of_time):
                 score = d.agreed(validation_dice(model, val_samples))
                 if score > best["dice"]:

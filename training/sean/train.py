@@ -186,7 +186,7 @@ def train_alignment(train: Sequence[dict], val: Sequence[dict], config, opts: Tr
             log(f"alignment {it}: loss {np.mean(history[-50:]):.4f} (symmetry {terms['symmetry'].item():.4f}, "
                 f"restoration {terms['restoration'].item():.4f})")
         _save_stage(run, it, d, model, opt, rng, sched, scaler, {"stage": "alignment", "history": history})
-        if d.mean(float(time.perf_counter() - t0 > opts.align_minutes * 60.0)) > 0:
+        if d.any(time.perf_counter() - t0 > opts.align_minutes * 60.0):
             break
     net.eval()
     err = angle_errors(net, val)
@@ -260,7 +260,7 @@ def train_segmenter(config, train_vols, train_labs, val_vols, val_labs, opts: Tr
         if sched is not None:
             sched.step()
         history.append(d.mean(loss.item()))
-        out_of_time = d.mean(float(time.perf_counter() - t0 > opts.seg_minutes * 60.0)) > 0
+        out_of_time = d.any(time.perf_counter() - t0 > opts.seg_minutes * 60.0)
         if val_vols and (it % opts.eval_every == 0 or it == opts.seg_iters or out_of_time):
             score = d.agreed(validation_dice(net, val_vols, val_labs))
             if score > best["dice"]:

@@ -89,7 +89,7 @@ def validation_dice(model, cases: Sequence[Tuple[np.ndarray, np.ndarray]], thres
                           for s, y in cases]))
 
 
-def load_data(args, config, deadline: float, d=None):
+def load_data(args, config, deadline: float, d):
     """((train slices, labels, case index), validation (slices, labels) pairs per case, data description)."""
     if args.data == "atlas":
         train = [case_slices(c, config) for c in atlas_cases(args.root, "train")]
@@ -102,7 +102,7 @@ def load_data(args, config, deadline: float, d=None):
     train = []
     for seed in train_seeds:  # generation stops at the deadline's half, keeping time to train
         late = time.time() > deadline - 0.5 * (deadline - args.t_start)
-        if train and (d.any(late) if d is not None else late):  # every rank stops at the same case
+        if train and d.any(late):  # every rank stops at the same case
             break
         train += phantom_slices([seed], config, args.cache)
     data = {"source": "digital phantom T1 look-alike (AIFSelectorLib.phantom.case, lesion_variety=True, head rotation "
@@ -163,10 +163,7 @@ def train(args) -> Dict[str, object]:
         for g in opt.param_groups:
             g["lr"] = lr
 
-    def together(condition: bool) -> bool:  # a decision every rank takes at the same step
-        return d.mean(float(condition)) > 0
-
-    while it < args.iters and not together(time.time() >= deadline):
+    while it < args.iters and not d.any(time.time() >= deadline):
         model.train()
         share = d.share(args.batch_size)  # of the step's global batch, drawn the same on every rank
         x, y = training_batch(slices, labels, index, step_rng(args.seed, it), args.batch_size * d.world_size)
@@ -180,10 +177,10 @@ def train(args) -> Dict[str, object]:
         scaler.update()
         losses.append(d.mean(loss.item()))
         it += 1
-        if together(time.time() >= final_decay_at):
+        if d.any(time.time() >= final_decay_at):
             decay()
             final_decay_at, final_decayed = float("inf"), True
-        if it % args.eval_every == 0 or it == args.iters or together(time.time() >= deadline):
+        if it % args.eval_every == 0 or it == args.iters or d.any(time.time() >= deadline):
             core.eval()
             score = d.agreed(validation_dice(core, val))
             if score > best:

@@ -89,15 +89,7 @@ def _load_checked(path: str, expected_sha256: str, build, label: str, mtime_ns: 
                   expected_kind_version=("", "")):
     import torch
     p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            content = f.read()
-    except OSError as e:
-        raise WeightsError(f"{label} weights {p.name} cannot be read: {e.strerror}") from None
-    digest = hashlib.sha256(content).hexdigest()
-    if digest != expected_sha256:
-        raise WeightsError(f"{label} weights {p.name} are corrupted or modified "
-                           f"(sha256 {digest[:12]}..., manifest says {expected_sha256[:12]}...)")
+    content, digest = _checked_bytes(p, expected_sha256, f"{label} weights {p.name}", "are")
     try:
         ckpt = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
         config, meta = ckpt["config"], ckpt.get("meta", {})
@@ -119,6 +111,20 @@ def _load_checked(path: str, expected_sha256: str, build, label: str, mtime_ns: 
     info = {"file": p.name, "sha256": digest, "format": ckpt.get("format", "?"), "config": dict(ckpt["config"]),
             "version": ckpt.get("meta", {}).get("version", digest[:12])}
     return model, info
+
+
+def _checked_bytes(path: Path, expected_sha256: str, what: str, verb: str) -> Tuple[bytes, str]:
+    """(the bytes of ``path``, their sha256) once that matches ``expected_sha256``; WeightsError naming ``what``
+    (e.g. 'AIFNet weights aifnet_aif.pt', with ``verb`` 'are') when the file cannot be read or differs."""
+    try:
+        content = path.read_bytes()
+    except OSError as e:
+        raise WeightsError(f"{what} cannot be read: {e.strerror}") from None
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != expected_sha256:
+        raise WeightsError(f"{what} {verb} corrupted or modified "
+                           f"(sha256 {digest[:12]}..., manifest says {expected_sha256[:12]}...)")
+    return content, digest
 
 
 def read_exported_graph(name: str, folder: Optional[Path] = None, label: str = "model") -> Tuple[bytes, Dict]:
@@ -144,20 +150,7 @@ def read_exported_graph(name: str, folder: Optional[Path] = None, label: str = "
     weights_path = folder / str(checkpoint.get("file"))
     if not weights_path.is_file():
         raise WeightsError(f"{label} weights not found: {weights_path}")
-    try:
-        intact = sha256_of(weights_path) == checkpoint["sha256"]
-    except OSError as e:
-        raise WeightsError(f"{label} weights {weights_path.name} cannot be read: {e.strerror}") from None
-    if not intact:
-        raise WeightsError(f"{label} weights {weights_path.name} are corrupted or modified (sha256 differs from "
-                           f"the manifest)")
+    _checked_bytes(weights_path, checkpoint["sha256"], f"{label} weights {weights_path.name}", "are")
     path = folder / entry["file"]
-    try:
-        content = path.read_bytes()
-    except OSError as e:
-        raise WeightsError(f"{label} graph {path.name} cannot be read: {e.strerror}") from None
-    digest = hashlib.sha256(content).hexdigest()
-    if digest != entry["sha256"]:
-        raise WeightsError(f"{label} graph {path.name} is corrupted or modified "
-                           f"(sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}...)")
+    content, _ = _checked_bytes(path, entry["sha256"], f"{label} graph {path.name}", "is")
     return content, dict(entry)

@@ -196,13 +196,17 @@ THREADS_ENV = "STROKELESION_THREADS"
 share of the machine's cores through it). The results do not depend on it (tested)."""
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity where the platform tells it), at most STROKELESION_THREADS
-    when that is set to a positive integer."""
+def affinity_cores() -> int:
+    """CPU cores this process may run on (its affinity where the platform tells it)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:
-        cores = os.cpu_count() or 1
+        return os.cpu_count() or 1
+
+
+def usable_cores() -> int:
+    """:func:`affinity_cores`, at most STROKELESION_THREADS when that is set to a positive integer."""
+    cores = affinity_cores()
     cap = os.environ.get(THREADS_ENV, "")
     return max(1, min(cores, int(cap))) if cap.isdigit() and int(cap) > 0 else cores
 

@@ -22,7 +22,7 @@ from AIFSelectorLib.io import aif_csv
 from AIFSelectorLib.io.volume_io import atomic_path, write_volume
 from AIFSelectorLib.maps.compute import PerfusionMaps, compute_maps
 from AIFSelectorLib.prepare.prepared import PreparedSeries, prepare
-from AIFSelectorLib.prepare.preprocessing import usable_cores
+from AIFSelectorLib.prepare.preprocessing import THREADS_ENV, affinity_cores, usable_cores
 from AIFSelectorLib.thresholds.decision import Thresholds, decide, hypoperfusion_intensity_ratio, lesion_volumes
 MAP_FILES = ("cbf", "cbv", "mtt", "tmax", "ttp", "rcbf", "rcbv")
 
@@ -156,12 +156,7 @@ def thread_report() -> dict:
     count of network inference (model_weights.INFERENCE_CPU_THREADS); the maps do not depend on them."""
     import os
     import sys
-    from AIFSelectorLib.prepare.preprocessing import THREADS_ENV, usable_cores
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:
-        available = os.cpu_count()
-    report = {"cpu_cores_available": available, "threads_used": usable_cores(),
+    report = {"cpu_cores_available": affinity_cores(), "threads_used": usable_cores(),
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "thread_cap": os.environ.get(THREADS_ENV)}
     if "torch" in sys.modules or "onnxruntime" in sys.modules:
         from AIFSelectorLib.models.device import INFERENCE_CPU_THREADS

@@ -115,13 +115,13 @@ class StrokeLesionWebApp:
                      "dismiss_error"):
             method = getattr(self, name)
             ctrl[name] = method if asyncio.iscoroutinefunction(method) else self.tasks.reported(method)
-        state.change("frame_index")(self.tasks.guarded(self._on_frame))
-        state.change("pvol_overlay", "pvol_opacity")(self.tasks.guarded(self._on_overlay))
-        state.change("pick_mode")(self.tasks.guarded(self._on_pick_mode))
-        state.change("radius_vox")(self.tasks.guarded(self._on_radius))
-        state.change("core_rcbf", "tmax_s")(self.tasks.guarded(self._on_thresholds))
-        state.change("segment_role", "segment_tool", "brush_mm")(self.tasks.guarded(self._on_segment_tool))
-        state.change("segmentation_name")(self.tasks.guarded(self._on_segmentation))
+        state.change("frame_index")(self.tasks.reported(self._on_frame))
+        state.change("pvol_overlay", "pvol_opacity")(self.tasks.reported(self._on_overlay))
+        state.change("pick_mode")(self.tasks.reported(self._on_pick_mode))
+        state.change("radius_vox")(self.tasks.reported(self._on_radius))
+        state.change("core_rcbf", "tmax_s")(self.tasks.reported(self._on_thresholds))
+        state.change("segment_role", "segment_tool", "brush_mm")(self.tasks.reported(self._on_segment_tool))
+        state.change("segmentation_name")(self.tasks.reported(self._on_segmentation))
         ctrl.on_server_exited.add(lambda **_: self.close())
 
     def close(self) -> None:

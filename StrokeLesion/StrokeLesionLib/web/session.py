@@ -284,17 +284,19 @@ class ReviewSession:
     def segmentation(self):
         return self.lesion.getNode("segmentation")
 
+    def _segmentation_nodes(self) -> list:
+        """The scene's segmentation nodes, in the order they were made."""
+        nodes = self.scene.GetNodesByClass("vtkMRMLSegmentationNode")
+        return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+
     def segmentation_names(self) -> List[str]:
         """Names of the scene's segmentations, in the order they were made (an edited one a recompute left
         aside among them)."""
-        nodes = self.scene.GetNodesByClass("vtkMRMLSegmentationNode")
-        return [nodes.GetItemAsObject(i).GetName() for i in range(nodes.GetNumberOfItems())]
+        return [node.GetName() for node in self._segmentation_nodes()]
 
     def use_segmentation(self, name: str) -> None:
         """The segmentation named ``name`` becomes the one edited, measured and exported."""
-        nodes = self.scene.GetNodesByClass("vtkMRMLSegmentationNode")
-        found = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())
-                 if nodes.GetItemAsObject(i).GetName() == name]
+        found = [node for node in self._segmentation_nodes() if node.GetName() == name]
         if not found:
             raise InputError(f"no segmentation named {name!r}")
         self.lesion.setNode("segmentation", found[0])

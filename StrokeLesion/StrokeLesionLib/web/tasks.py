@@ -58,17 +58,9 @@ class TaskRunner:
         with self._state:
             self._state.error_message = (f"{what}: " if what else "") + one_line(error)
 
-    def guarded(self, handler):
-        """A state-change handler whose errors become a message in the page."""
-        def wrapped(**kwargs):
-            try:
-                handler(**kwargs)
-            except Exception as e:  # noqa: BLE001
-                self.report_error(e)
-        return wrapped
-
     def reported(self, method):
-        """A control's (synchronous) method whose errors become a message in the page."""
+        """A control's (synchronous) method or a state-change handler, whose errors become a message in the
+        page."""
         def wrapped(*args, **kwargs):
             try:
                 return method(*args, **kwargs)

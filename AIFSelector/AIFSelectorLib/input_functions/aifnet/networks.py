@@ -25,7 +25,7 @@ import numpy as np
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.input_functions.aifnet.config import AIFNetConfig
 from AIFSelectorLib.models.device import INFERENCE_CPU_THREADS, cuda_if_present
-from AIFSelectorLib.models.weights import WeightsError, load_checkpoint, read_exported_graph
+from AIFSelectorLib.models.weights import WeightsError, load_checkpoint, read_exported_graph, read_manifest
 
 RUNTIME_ENV = "STROKELESION_AIFNET_RUNTIME"
 """'torch' or 'onnxruntime' forces a runtime on the CPU; unset or 'auto': onnxruntime when installed."""
@@ -126,7 +126,6 @@ def load_networks(device: Optional[str] = "auto", folder: Optional[Path] = None)
     is installed and the manifest holds the exported graphs, else through torch. WeightsError when weights or
     graphs are missing, modified, or were exported from other weights."""
     dev = inference_device(device)
-    from AIFSelectorLib.models.weights import read_manifest
     shipped = read_manifest(folder).get("models", {})
     if dev == "cpu" and onnx_runtime_wanted() and all(f"{k}_onnx" in shipped for k in ("aif", "vof")):
         networks, infos = [], []
