@@ -10,6 +10,8 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM, TMAX_THRESHOLD_S
+from AIFSelectorLib.deconvolution import bayes
+from AIFSelectorLib.deconvolution.methods import METHODS as SVD_METHODS
 from AIFSelectorLib.input_functions.functions import InputFunctions, baseline_removed, vof_scale
 from AIFSelectorLib.input_functions.quality import aif_quality_flags
 from AIFSelectorLib.maps.perfusion_maps import Physiology, maps_from_curves, relative_maps
@@ -17,6 +19,11 @@ from AIFSelectorLib.prepare.prepared import PreparedSeries
 from AIFSelectorLib.prepare.preprocessing import enhancement, slabs
 
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp")
+UNCERTAINTY_NAMES = ("cbf_sd", "tmax_sd")
+"""Posterior SDs of CBF [ml/100 g/min] and Tmax [s]: the Bayesian method's maps beside MAP_NAMES."""
+METHODS = SVD_METHODS + ("bayes",)
+"""Every method of the maps: the SVD family (:mod:`deconvolution.methods`) and the Bayesian posterior
+(:mod:`deconvolution.bayes`)."""
 MAPS_REVISION = 3
 """Raised whenever the maps of a series change (2: edge-preserving denoising, CSF on the temporal mean; 3: matrices
 finer than the filter grid denoised on its blocks), so that caches of maps (training data) are not reused across
@@ -63,34 +70,59 @@ def compute_maps(prepared: PreparedSeries, functions: InputFunctions, method: st
     """
     series = prepared.series
     aif_enh, scale = deconvolution_aif(prepared, functions)
+    if method not in METHODS:
+        raise ValueError(f"unknown deconvolution method {method!r}: valid methods are {', '.join(METHODS)}")
     shape = series.shape_zyx
-    maps = {k: np.zeros(shape, np.float32) for k in MAP_NAMES}
+    names = MAP_NAMES + (UNCERTAINTY_NAMES if method == "bayes" else ())
+    maps = {k: np.zeros(shape, np.float32) for k in names}
     tissue = prepared.tissue.copy()
     denoised = prepared.denoised(smooth_mm) if smooth_mm > 0 else None
     all_slabs = list(slabs(shape, max_voxels=1 << 18))
+
+    def slab_curves(zs, where, shared=None):
+        if denoised is not None:
+            return denoised.curves(zs, where, None if shared is None else shared[0])
+        return enhancement(series.data[:, zs], prepared.baseline_hu[zs])[:, where].T
+
+    if method == "bayes" and "model" not in deconvolution_options:  # options: prior=, seed= of brain_prior
+        deconvolution_options = {"model": brain_prior(tissue, all_slabs, slab_curves, aif_enh, series.dt_s,
+                                                      denoised, **deconvolution_options)}
     for i, zs in enumerate(all_slabs):
         m = tissue[zs]
         if m.any():
-            shared = None
-            if denoised is not None:  # voxels of a block may share one denoised curve: its maps computed once
-                shared = denoised.shared(zs, m)
-                curves = denoised.curves(zs, m, None if shared is None else shared[0])
-            else:
-                curves = enhancement(series.data[:, zs], prepared.baseline_hu[zs])[:, m].T
+            # voxels of a block may share one denoised curve: their maps are computed once
+            shared = denoised.shared(zs, m) if denoised is not None else None
+            curves = slab_curves(zs, m, shared)
             out = maps_from_curves(curves, aif_enh, series.dt_s, method=method,
                                    physiology=physiology, device=device, **deconvolution_options)
             if shared is not None:
                 out = {k: v[shared[1]] for k, v in out.items()}
-            for k in MAP_NAMES:
+            for k in names:
                 maps[k][zs][m] = out[k]
         if progress is not None:
             progress((i + 1) / len(all_slabs))
     big = tissue & (maps["cbv"] > VESSEL_CBV_ML_100G)
     tissue &= ~big
-    for k in MAP_NAMES:
+    for k in names:
         maps[k][~tissue] = 0.0
     control = relative_maps(maps, tissue, tmax_threshold_s)
     for k in ("rcbf", "rcbv"):
         maps[k][~tissue] = 0.0
     flags = aif_quality_flags(aif_enh, series.dt_s, prepared.bolus.arrival_s, has_vof=functions.vof_hu is not None)
     return PerfusionMaps(maps, tissue, aif_enh, scale, control, flags, prepared.vessels | big)
+
+
+def brain_prior(tissue: np.ndarray, all_slabs, slab_curves: Callable, aif_enh: np.ndarray, dt_s: float,
+                denoised=None, prior: bayes.BayesPrior = bayes.BayesPrior(), seed: int = 0) -> bayes.BayesModel:
+    """The Bayesian model of this series: its model curves for the AIF, in the subspace of its tissue curves,
+    with the empirical prior and noise of a random sample of the whole brain's tissue curves (``seed``: the
+    same sample, and so the same maps, on every run)."""
+    flat = np.flatnonzero(tissue)
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(tissue.size, bool)
+    chosen[rng.choice(flat, size=min(prior.sample_voxels, flat.size), replace=False)] = True
+    chosen = chosen.reshape(tissue.shape)
+    sample = [slab_curves(zs, chosen[zs]) for zs in all_slabs if chosen[zs].any()]
+    spanning = None if denoised is None else np.vstack([denoised.mean_curve[None], denoised.basis])
+    model = bayes.build_model(aif_enh, dt_s, bayes.curve_subspace(len(aif_enh), spanning), prior)
+    return bayes.fit_prior(np.concatenate(sample), model, seed=seed)

@@ -113,11 +113,21 @@ def maps_from_curves(tissue: np.ndarray, aif: np.ndarray, dt_s: float, method: s
                      physiology: Physiology = Physiology(), device: Optional[str] = None,
                      **deconvolution_options) -> Dict[str, np.ndarray]:
     """CBF, CBV, MTT, Tmax, TTP for tissue curves (n_voxels, n_frames) against one AIF (n_frames,),
-    both enhancement in HU on a uniform grid of dt_s seconds. Returns 1D float32 arrays (n_voxels,)."""
-    from AIFSelectorLib.deconvolution.methods import deconvolve
+    both enhancement in HU on a uniform grid of dt_s seconds. Returns 1D float32 arrays (n_voxels,).
 
+    method 'bayes' takes the series' fitted model (``model=``, :func:`maps.compute.brain_prior`) and adds the
+    posterior SDs 'cbf_sd' [ml/100 g/min] and 'tmax_sd' [s]; CBF and Tmax are then posterior means."""
     aif = np.asarray(aif, dtype=np.float32)
-    result = deconvolve(tissue, aif, dt_s, method=method, device=device, **deconvolution_options)
+    extra = {}
+    if method == "bayes":
+        from AIFSelectorLib.deconvolution.bayes import posterior
+
+        result = posterior(tissue, deconvolution_options["model"])
+        extra = {"cbf_sd": cbf_ml_100g_min(result.flow_sd_per_s, physiology), "tmax_sd": result.tmax_sd_s}
+    else:
+        from AIFSelectorLib.deconvolution.methods import deconvolve
+
+        result = deconvolve(tissue, aif, dt_s, method=method, device=device, **deconvolution_options)
     cbf = cbf_ml_100g_min(result.flow_per_s, physiology)
     cbv = cbv_ml_100g(area_under(tissue, dt_s), float(area_under(aif, dt_s)), physiology)
     return {
@@ -126,4 +136,5 @@ def maps_from_curves(tissue: np.ndarray, aif: np.ndarray, dt_s: float, method: s
         "mtt": mtt_s(cbv, cbf),
         "tmax": np.asarray(result.tmax_s, dtype=np.float32),
         "ttp": peak_time_s(tissue, dt_s),
+        **extra,
     }

@@ -1,0 +1,368 @@
+"""Bayesian deconvolution: posterior flow, Tmax and their uncertainty per voxel, on a grid of residue shapes.
+
+Model (after Mouridsen et al., NeuroImage 2006;33:570, and Boutelier et al., IEEE TMI 2012;31:1381): every
+tissue enhancement curve is
+
+    C(t) = F * (AIF (x) R_eff)(t - delay) + noise,      R_eff = h_disp (x) R
+
+with F [1/s] the flow into the residue R of a gamma
+distribution of capillary transit times (shape ``k``, mean MTT; k = 1 is the exponential residue), h_disp an
+optional exponential dispersion kernel of time constant ``beta`` [s], and a delay [s] of either sign. The AIF is
+linear between its samples (held at its last value after the series); the model curves are convolved on a
+0.1 s grid (:data:`FINE_DT_S`) and read at the frames.
+
+The flow of the maps is, as for every method here, the maximum of the impulse response,
+max_t F.R_eff(t) = F * max R_eff (CBF = kH/rho * 6000 * that, :mod:`maps.perfusion_maps`), and Tmax the time
+of that maximum. With dispersion allowed, the data explain a curve as well by a narrow residue behind a broad
+kernel as by a broad residue: F alone is not fixed by the data (docs/research/bayes_deconvolution.md), but
+F * max R_eff and its time are fixed far better.
+
+Inference:
+- F enters linearly. Given the other parameters g = (MTT, k, beta, delay) it is marginalised analytically under
+  the scale-invariant prior p(F) ~ 1/F, F > 0, so each voxel needs one inner product per g
+  (:func:`_weights`). A flat prior on F would add -log |model curve|, an Occam factor that prefers the
+  shortest MTTs and doubles grey-matter flow (measured: docs/research/bayes_deconvolution.md).
+- g lives on a grid (:class:`BayesPrior`). Its prior is empirical Bayes, estimated from the whole brain: the
+  mixing weights over the grid that best explain a random sample of the brain's own curves (EM,
+  :func:`fit_prior`), mixed with a flat floor so that tissue rarer than the sample (the core) keeps its chance.
+  This is the spatial pooling; the edge-preserving denoising the curves pass through before is the other.
+- The likelihood is evaluated in the subspace the curves live in (:func:`curve_subspace`): denoised curves are
+  the mean curve plus ``N_COMPONENTS`` principal components, so their errors are correlated in time and only that
+  many numbers per voxel are free. The noise SD per coordinate of that subspace is one number per series (empirical
+  Bayes): from the residuals of each sampled curve's best grid fit (:func:`noise_sd`), so it covers what the
+  curves still carry, noise and model misfit alike.
+- Posterior means and SDs of F and Tmax (= delay + the time of R_eff's maximum, what SVD's Tmax reads) follow by
+  summing over the grid. Delay is searched coarse to fine (a pass at ``coarse_delay_step_s``, then a window
+  of +-``window_s`` around each voxel's coarse delay at ``delay_step_s``).
+
+Priors, stated (:class:`BayesPrior`; none is read from the digital phantom's generator, whose ranges are in
+phantom.case): MTT log-uniform over 1-24 s (grey and white matter 3-6 s, ischaemic tissue up to ~20 s; the
+grid's ends leave room either side); transit-time shapes k in {1, 2, 4, 8, 16}, from one well-mixed compartment
+(exponential) to near plug flow (k = 16: transit times within +-25 %); dispersion time constants {0, 1, 2.5} s
+(none, moderate, strong: collateral routes); delay uniform from -5 to +15 s (a tissue curve may precede an AIF
+taken downstream; collateral delays reach ~10 s). All of them are then re-weighted by the brain's own curves.
+
+Shapes: tissue (n_voxels, n_frames), AIF (n_frames,), both enhancement in HU on a uniform grid of dt_s seconds.
+"""
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Optional, Tuple
+
+import numpy as np
+from scipy import special
+
+from AIFSelectorLib.prepare.preprocessing import usable_cores
+
+FINE_DT_S = 0.1
+"""Time step [s] of the grid on which the model curves are convolved before they are read at the frames."""
+CHUNK_VOXELS = 2048
+"""Voxels per chunk of the posterior (a few (chunk, n_grid) float32 arrays)."""
+LOG_WEIGHT_FLOOR = -40.0
+"""Log weights relative to a curve's best are floored here before the exponential: every weight and product
+after it stays a normal float32 (subnormal numbers, from exp(x < -87), make each arithmetic pass ~4x slower), and
+the mass this adds, at most G e^-40 ~ 1e-13 of the total, changes no result."""
+SEARCH_ROWS = 128
+"""Curves per block of the coarse delay search (a (128, n_coarse) float32 array stays in the CPU cache)."""
+EM_CHUNK_VOXELS = 250
+"""Sampled curves per chunk of the prior's E-step."""
+
+
+@dataclass(frozen=True)
+class BayesPrior:
+    """The parameter grid and the settings of the empirical prior (every value stated in the module docstring)."""
+
+    mtt_range_s: Tuple[float, float] = (1.0, 24.0)
+    mtt_step: float = 0.1
+    """Relative step of the log-uniform MTT grid (5 % gives the same maps within 1 % on the phantom)."""
+    shapes: Tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    dispersions_s: Tuple[float, ...] = (0.0, 1.0, 2.5)
+    delay_range_s: Tuple[float, float] = (-5.0, 15.0)
+    delay_step_s: float = 0.5
+    """Delay step [s] of the fine window (0.25 s gives Tmax within 0.1 s of it on the phantom, at twice the cost)."""
+    coarse_delay_step_s: float = 1.0
+    window_s: float = 1.0
+    """Half-width [s] of the fine delay window around each voxel's coarse delay."""
+    floor: float = 0.05
+    """Fraction of the prior kept flat over the grid (the rest is the EM estimate from the brain's curves)."""
+    em_iterations: int = 12
+    """EM iterations (the weights change by under 1 % after ~10 on the phantom)."""
+    sample_voxels: int = 4000
+    """Curves sampled from the whole brain to estimate the prior and the noise."""
+
+    def mtt_grid_s(self) -> np.ndarray:
+        lo, hi = self.mtt_range_s
+        return np.geomspace(lo, hi, int(round(np.log(hi / lo) / np.log1p(self.mtt_step))) + 1)
+
+    def delays_s(self) -> np.ndarray:
+        lo, hi = self.delay_range_s
+        return lo + self.delay_step_s * np.arange(int(round((hi - lo) / self.delay_step_s)) + 1)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The parameter grid, flattened: one entry per model curve."""
+
+    mtt_s: np.ndarray
+    shape: np.ndarray
+    beta_s: np.ndarray
+    delay_s: np.ndarray
+    tmax_s: np.ndarray
+    """Delay plus the time of R_eff's maximum [s]."""
+    height: np.ndarray
+    """max_t R_eff(t) (1 without dispersion): the flow of the maps is max_t F.R_eff(t) = F * height."""
+
+    def take(self, idx: np.ndarray) -> "Grid":
+        return Grid(self.mtt_s[idx], self.shape[idx], self.beta_s[idx], self.delay_s[idx], self.tmax_s[idx],
+                    self.height[idx])
+
+
+@dataclass(frozen=True)
+class BayesModel:
+    """Model curves of one AIF in the curves' subspace, and the prior over them.
+
+    basis: (n_frames, K) float32 orthonormal columns spanning the tissue curves (:func:`curve_subspace`);
+    unit: (K, G) float32 model curves for F = 1 in that basis, divided by their norm; norm: (G,) their norms
+    [HU s]; log_prior: (G,) float64 normalised log prior weights; noise_hu: the noise SD per coordinate [HU]
+    (None until :func:`fit_prior`)."""
+
+    prior: BayesPrior
+    grid: Grid
+    basis: np.ndarray
+    unit: np.ndarray
+    norm: np.ndarray
+    log_prior: np.ndarray
+    noise_hu: Optional[float] = None
+
+    def columns(self, idx: np.ndarray) -> "BayesModel":
+        return replace(self, grid=self.grid.take(idx), unit=np.ascontiguousarray(self.unit[:, idx]),
+                       norm=self.norm[idx], log_prior=self.log_prior[idx])
+
+
+@dataclass
+class Posterior:
+    """Per-voxel posterior summaries (n,) float32: flow F [1/s] and Tmax [s], means and SDs."""
+
+    flow_per_s: np.ndarray
+    flow_sd_per_s: np.ndarray
+    tmax_s: np.ndarray
+    tmax_sd_s: np.ndarray
+
+
+def curve_subspace(n_frames: int, spanning: Optional[np.ndarray] = None) -> np.ndarray:
+    """Orthonormal basis (n_frames, K) float32 of the space the tissue curves lie in: the span of ``spanning``
+    (K', n_frames) rows (the denoising's mean curve and components), or every frame (raw curves)."""
+    if spanning is None:
+        return np.eye(n_frames, dtype=np.float32)
+    q, r = np.linalg.qr(np.asarray(spanning, np.float64).T)
+    keep = np.abs(np.diag(r)) > 1e-9 * np.abs(np.diag(r)).max()
+    return q[:, keep].astype(np.float32)
+
+
+def effective_residues(prior: BayesPrior, n: int) -> Tuple[np.ndarray, Grid]:
+    """R_eff = h_disp (x) R for every (MTT, k, beta) of the grid, as cell averages on ``n`` steps of FINE_DT_S.
+    Returns (residues (P, n), a Grid of P entries with delay 0); each residue has area MTT."""
+    mtt, k, beta = (a.ravel() for a in np.meshgrid(prior.mtt_grid_s(), prior.shapes, prior.dispersions_s,
+                                                   indexing="ij"))
+    edges = np.arange(n + 1) * FINE_DT_S
+    # gamma survival primitive: int_0^x Q(k, k u / m) du = x Q(k, k x / m) + m P(k + 1, k x / m)
+    u = edges[None] * k[:, None] / mtt[:, None]
+    primitive = edges[None] * special.gammaincc(k[:, None], u) + mtt[:, None] * special.gammainc(k[:, None] + 1, u)
+    residue = np.diff(primitive, axis=1) / FINE_DT_S
+    dispersed = beta > 0
+    if dispersed.any():
+        b = beta[dispersed][:, None]
+        kernel = np.diff(-np.exp(-edges[None] / b), axis=1)  # cell masses of exp(-t/b)/b, sum 1
+        nfft = 1 << int(np.ceil(np.log2(2 * n)))
+        residue[dispersed] = np.fft.irfft(np.fft.rfft(residue[dispersed], nfft) * np.fft.rfft(kernel, nfft),
+                                          nfft)[:, :n]
+    peak = residue.argmax(1) * FINE_DT_S  # the start of the cell holding the maximum (0 without dispersion)
+    height = np.where(dispersed, residue.max(1), 1.0)
+    return residue, Grid(mtt, k, beta, np.zeros_like(mtt), peak, height)
+
+
+def smooth_aif(aif: np.ndarray, t_frames: np.ndarray, t_s: np.ndarray) -> np.ndarray:
+    """The AIF [HU] at times ``t_s`` [s] between its samples at ``t_frames``: a cubic spline (not-a-knot), held at
+    the last sample after the series. The bolus is smooth; linear interpolation cuts its peak between frames and
+    blurs it, which a model fitted to tissue curves (that saw the whole bolus) would answer with residues narrower
+    than the truth, i.e. higher flow (measured: docs/research/bayes_deconvolution.md)."""
+    from scipy.interpolate import CubicSpline
+
+    return CubicSpline(t_frames, aif)(np.clip(t_s, t_frames[0], t_frames[-1]))
+
+
+def build_model(aif: np.ndarray, dt_s: float, basis: np.ndarray, prior: BayesPrior = BayesPrior()) -> BayesModel:
+    """Model curves of every grid point for the AIF (n_frames,) [HU] sampled every ``dt_s`` seconds, projected on
+    ``basis`` (:func:`curve_subspace`), with a flat prior (the prior and the noise come from :func:`fit_prior`)."""
+    aif = np.asarray(aif, np.float64).ravel()
+    n_frames = aif.size
+    t_frames = np.arange(n_frames) * dt_s
+    n = int(np.ceil((t_frames[-1] - prior.delay_range_s[0]) / FINE_DT_S)) + 4
+    residues, shapes = effective_residues(prior, n)
+    aif_fine = smooth_aif(aif, t_frames, np.arange(n) * FINE_DT_S)
+    nfft = 1 << int(np.ceil(np.log2(2 * n)))
+    conv = np.fft.irfft(np.fft.rfft(residues, nfft) * np.fft.rfft(aif_fine, nfft)[None], nfft)[:, :n] * FINE_DT_S
+    conv = np.concatenate([np.zeros((len(conv), 1)), conv], axis=1)  # conv[:, j + 1]: the convolution at (j + 1/2) steps
+    delays = prior.delays_s()
+    position = (t_frames[None] - delays[:, None]) / FINE_DT_S + 0.5  # (D, T) on conv's columns
+    position = np.clip(position, 0.0, n - 1e-6)
+    i0 = np.floor(position).astype(int)
+    frac = position - i0
+    curves = conv[:, i0] * (1 - frac) + conv[:, np.minimum(i0 + 1, n)] * frac  # (P, D, T)
+    curves = curves.transpose(1, 0, 2).reshape(-1, n_frames)  # delay-major: entry = d * P + p
+    coords = curves @ basis.astype(np.float64)
+    norm = np.sqrt((coords ** 2).sum(1))
+    norm = np.maximum(norm, 1e-12 * max(norm.max(), 1e-30))
+    p = len(shapes.mtt_s)
+    grid = Grid(np.tile(shapes.mtt_s, len(delays)), np.tile(shapes.shape, len(delays)),
+                np.tile(shapes.beta_s, len(delays)), np.repeat(delays, p),
+                np.repeat(delays, p) + np.tile(shapes.tmax_s, len(delays)), np.tile(shapes.height, len(delays)))
+    g = len(norm)
+    return BayesModel(prior, grid, basis.astype(np.float32), (coords / norm[:, None]).T.astype(np.float32), norm,
+                      np.full(g, -np.log(g)))
+
+
+def _weights(scaled: np.ndarray, model: BayesModel, fast_max: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """(unnormalised posterior weights over the grid (n, G) float32, scaled projections P' (n, G)) of curves
+    given as scaled coordinates (n, K): coordinates in the model's basis divided by sigma * sqrt(2).
+
+    With Gaussian noise and p(F) ~ 1/F the flow integrates out to p(c | g) ~ exp(P^2 / (2 sigma^2)) / P, with
+    P = c . unit_g clipped at 0, i.e. exp(P'^2) / P'; P' is floored at 1/sqrt(2) (P at sigma) in the 1/P'
+    (curves that a model shape does not explain at all). The row maximum subtracted before the exponential is
+    that of P'^2 + log prior: the 1/P' factor is at most sqrt(2), so nothing overflows; see LOG_WEIGHT_FLOOR."""
+    p = scaled @ model.unit
+    np.maximum(p, 0.0, out=p)
+    w = np.multiply(p, p)
+    w += model.log_prior.astype(np.float32)
+    w -= w.max(1, keepdims=True)
+    np.maximum(w, np.float32(LOG_WEIGHT_FLOOR), out=w)
+    np.exp(w, out=w)
+    w /= np.maximum(p, np.float32(np.sqrt(0.5)))
+    return w, p
+
+
+def _scaled(coords: np.ndarray, noise_hu: float) -> np.ndarray:
+    return coords * np.float32(1.0 / (noise_hu * np.sqrt(2.0)))
+
+
+def noise_sd(coords: np.ndarray, model: BayesModel) -> float:
+    """Noise SD per coordinate [HU] from each curve's best grid fit: sqrt(median RSS / (K - 4)), four fitted
+    parameters (F, MTT, shape, delay) in K coordinates."""
+    c = np.asarray(coords, np.float32)
+    best = np.maximum(c @ model.unit, 0).max(1).astype(np.float64)
+    rss = np.maximum((c.astype(np.float64) ** 2).sum(1) - best ** 2, 0.0)
+    dof = max(1, c.shape[1] - 4)
+    return float(max(np.sqrt(np.median(rss) / dof), 1e-6 * np.abs(c).max(initial=1e-30)))
+
+
+def _coarse_grid(model: BayesModel) -> Tuple[np.ndarray, np.ndarray]:
+    """(columns of the coarse grid: every ``coarse_delay_step_s`` in delay and every second MTT; the column of
+    the coarse grid nearest to each grid point (G,), an index into the first array)."""
+    prior, g = model.prior, model.grid
+    step = max(1, int(round(prior.coarse_delay_step_s / prior.delay_step_s)))
+    delay_index = np.round((g.delay_s - prior.delay_range_s[0]) / prior.delay_step_s).astype(int)
+    mtts = prior.mtt_grid_s()
+    mtt_index = np.searchsorted(mtts, g.mtt_s - 1e-9)
+    columns = np.flatnonzero((delay_index % step == 0) & (mtt_index % 2 == 0))
+    last_delay = (delay_index.max() // step) * step
+    near_delay = np.minimum(np.round(delay_index / step).astype(int) * step, last_delay)
+    near_mtt = np.minimum(np.round(mtt_index / 2).astype(int) * 2, ((len(mtts) - 1) // 2) * 2)
+
+    def key(d, m, k, b):
+        return ((d * len(mtts) + m) * 1000 + np.round(k * 10).astype(int)) * 1000 + np.round(b * 10).astype(int)
+
+    coarse_keys = key(delay_index[columns], mtt_index[columns], g.shape[columns], g.beta_s[columns])
+    order = np.argsort(coarse_keys)
+    parent = order[np.searchsorted(coarse_keys[order], key(near_delay, near_mtt, g.shape, g.beta_s))]
+    return columns, parent
+
+
+def fit_prior(curves: np.ndarray, model: BayesModel, seed: int = 0) -> BayesModel:
+    """The model with the empirical prior and noise of ``curves`` (n, n_frames) [HU], a sample of the brain's
+    tissue curves (at most ``prior.sample_voxels`` of them are used, drawn with ``seed``): EM for the weights of
+    the coarse grid (:func:`_coarse_grid`), each shared equally by the grid points nearest to it, mixed with
+    the flat ``prior.floor``. The E-step runs in fixed chunks on every usable core, summed in chunk order (the
+    same result on any number of threads)."""
+    curves = np.asarray(curves, np.float32)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(curves), size=min(model.prior.sample_voxels, len(curves)), replace=False))
+    coords = curves[pick] @ model.basis
+    sigma = noise_sd(coords, model)
+    scaled = _scaled(coords, sigma)
+    columns, parent = _coarse_grid(model)
+    coarse = model.columns(columns)
+    children = np.bincount(parent, minlength=len(columns)).astype(np.float64)
+    flat = children / children.sum()  # the flat prior over the whole grid, summed onto the coarse columns
+    weights = flat
+    starts = range(0, len(scaled), EM_CHUNK_VOXELS)
+
+    def responsibilities(start: int, current: BayesModel) -> np.ndarray:
+        w = _weights(scaled[start:start + EM_CHUNK_VOXELS], current)[0]
+        return (1.0 / w.sum(1, dtype=np.float64)).astype(np.float32) @ w  # sum over voxels of the posteriors
+
+    with ThreadPoolExecutor(max_workers=max(1, min(usable_cores(), len(starts)))) as pool:
+        for _ in range(model.prior.em_iterations):
+            current = replace(coarse, log_prior=np.log(weights))
+            total = sum(pool.map(lambda start: responsibilities(start, current).astype(np.float64), starts))
+            weights = (1 - model.prior.floor) * total / len(scaled) + model.prior.floor * flat
+            weights /= weights.sum()
+    full = weights[parent] / children[parent]
+    return replace(model, log_prior=np.log(full / full.sum()), noise_hu=sigma)
+
+
+def _summaries(scaled: np.ndarray, model: BayesModel):
+    """Posterior mean and SD of the flow of the maps, max_t F.R_eff(t) [1/s], and of Tmax [s], of curves given as
+    scaled coordinates (:func:`_weights`)."""
+    sigma = model.noise_hu
+    w, p = _weights(scaled, model)
+    per_projection = (model.grid.height / model.norm).astype(np.float32)  # flow per unit projection P [1/s / HU]
+    flow_per_scaled = per_projection * np.float32(sigma * np.sqrt(2.0))  # ... per unit P'
+    tmax = model.grid.tmax_s.astype(np.float32)
+    # flow variance given g: sigma^2 per_projection^2 (F's conditional posterior is Gaussian in P)
+    moments = w @ np.stack([tmax, tmax * tmax, (sigma * per_projection) ** 2, np.ones_like(tmax)], 1)
+    total = moments[:, 3]
+    w *= p
+    mean_f = (w @ flow_per_scaled) / total
+    w *= p
+    second_f = (w @ (flow_per_scaled * flow_per_scaled) + moments[:, 2]) / total
+    mean_t = moments[:, 0] / total
+    sd_f = np.sqrt(np.maximum(second_f - mean_f ** 2, 0.0))
+    sd_t = np.sqrt(np.maximum(moments[:, 1] / total - mean_t ** 2, 0.0))
+    return mean_f, sd_f, mean_t, sd_t
+
+
+def posterior(curves: np.ndarray, model: BayesModel, chunk_voxels: int = CHUNK_VOXELS) -> Posterior:
+    """Posterior summaries of every curve (n, n_frames) [HU], chunk by chunk on every usable core (each chunk's
+    result is the same whichever thread computes it). ``model`` must carry a noise SD (:func:`fit_prior`).
+
+    Each curve's delay window is centred on the coarse grid's best delay by P'^2 + log prior (the 1/P' factor
+    left out: it moves the choice by under a coarse step)."""
+    if model.noise_hu is None:
+        raise ValueError("the model has no noise estimate: run fit_prior first")
+    prior, g = model.prior, model.grid
+    coarse = model.columns(_coarse_grid(model)[0])
+    coarse_prior = coarse.log_prior.astype(np.float32)
+    windows = {int(round(d / prior.delay_step_s)): model.columns(np.flatnonzero(
+        np.abs(g.delay_s - d) <= prior.window_s + 1e-9)) for d in np.unique(coarse.grid.delay_s)}
+    n = len(curves)
+    out = [np.empty(n, np.float32) for _ in range(4)]
+
+    def one_chunk(start: int) -> None:
+        stop = min(start + chunk_voxels, n)
+        scaled = _scaled(np.asarray(curves[start:stop], np.float32) @ model.basis, model.noise_hu)
+        best = np.empty(len(scaled), np.int64)
+        for row in range(0, len(scaled), SEARCH_ROWS):  # blocks that stay in the CPU cache
+            p = scaled[row:row + SEARCH_ROWS] @ coarse.unit
+            np.maximum(p, 0.0, out=p)
+            p *= p
+            p += coarse_prior
+            best[row:row + SEARCH_ROWS] = p.argmax(1)
+        first = np.round(coarse.grid.delay_s[best] / prior.delay_step_s).astype(int)
+        for d in np.unique(first):
+            rows = np.flatnonzero(first == d)
+            for o, v in zip(out, _summaries(scaled[rows], windows[int(d)])):
+                o[start + rows] = v
+
+    starts = range(0, n, chunk_voxels)
+    with ThreadPoolExecutor(max_workers=max(1, min(usable_cores(), len(starts)))) as pool:
+        list(pool.map(one_chunk, starts))
+    return Posterior(*out)
