@@ -138,6 +138,8 @@ class AIFSelectorParameterNode:
     ttpVolume: vtkMRMLScalarVolumeNode
     rcbfVolume: vtkMRMLScalarVolumeNode
     rcbvVolume: vtkMRMLScalarVolumeNode
+    cbfSDVolume: vtkMRMLScalarVolumeNode
+    tmaxSDVolume: vtkMRMLScalarVolumeNode
 
 
 #

@@ -21,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM
+from AIFSelectorLib.deconvolution import MAP_METHODS
 from AIFSelectorLib.io.time_grid import PLAUSIBLE_DT_S
 from AIFSelectorLib.errors import InputError
 
@@ -439,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the DICOM Series Instance UID to read from a folder holding several series")
 
     def common_maps(sp):
-        sp.add_argument("--method", choices=("osvd", "csvd", "tikhonov"), default="osvd")
+        sp.add_argument("--method", choices=MAP_METHODS, default="osvd")
         sp.add_argument("--core-rcbf", type=_ranged("--core-rcbf"), default=Thresholds().core_rcbf,
                         help="core: rCBF below this fraction (0.38; 0.30 as RAPID)")
         sp.add_argument("--tmax", type=_ranged("--tmax"), default=Thresholds().tmax_s,

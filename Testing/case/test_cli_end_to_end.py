@@ -74,6 +74,24 @@ def test_core_threshold_flag_changes_core(phantom_dir, tmp_path):
     assert vols["0.30"]["hypoperfused_ml"] == pytest.approx(vols["0.38"]["hypoperfused_ml"], abs=0.01)
 
 
+def test_bayes_writes_uncertainty_maps_and_volume_ranges(phantom_dir, tmp_path):
+    out = tmp_path / "bayes"
+    assert main(["run", str(phantom_dir / "ctp.nii.gz"), "--aif", str(phantom_dir / "truth" / "aif.csv"),
+                 "--method", "bayes", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["maps"]["deconvolution"] == "bayes" and report["maps"]["units"]["tmax_sd"] == "s"
+    cbv, _ = read_volume(out / "cbv.nii.gz")
+    tissue = cbv != 0  # the maps' tissue (a curve without enhancement has CBF 0 and a positive SD)
+    for name in ("cbf_sd", "tmax_sd"):
+        sd, _ = read_volume(out / f"{name}.nii.gz")
+        assert np.all(sd[~tissue] == 0) and np.all(sd[tissue] >= 0) and np.median(sd[tissue]) > 0, name
+    volumes, ranges = report["volumes_ml"], report["volume_ranges_ml"]
+    for region in ("core_ml", "hypoperfused_ml", "penumbra_ml"):  # each range holds the volume the maps give
+        low, high = ranges[region]
+        assert low <= volumes[region] <= high and low < high, region
+    assert ranges["control_ml"][0] < ranges["control_ml"][1]
+
+
 def test_maps_from_true_aif_and_user_mask(phantom_dir, tmp_path):
     out = tmp_path / "maps"
     assert main(["maps", str(phantom_dir / "ctp.nii.gz"), "--aif", str(phantom_dir / "truth" / "aif.csv"),

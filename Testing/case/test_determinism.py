@@ -15,8 +15,8 @@ from AIFSelectorLib.io.volume_io import read_volume, write_series_nifti
 from StrokeLesionLib.case.pipeline import MAP_FILES
 
 
-@pytest.mark.parametrize("aif", ["aifnet", "classic"])
-def test_maps_are_bit_identical_with_one_and_two_threads(tmp_path, aif):
+@pytest.mark.parametrize("aif, method", [("aifnet", "osvd"), ("classic", "osvd"), ("classic", "bayes")])
+def test_maps_are_bit_identical_with_one_and_two_threads(tmp_path, aif, method):
     case = make_phantom(seed=3, shape_zyx=(4, 128, 128))
     ctp = write_series_nifti(tmp_path / "ctp.nii.gz", case.series)
     outs = {}
@@ -25,14 +25,15 @@ def test_maps_are_bit_identical_with_one_and_two_threads(tmp_path, aif):
                    STROKELESION_THREADS=threads)  # the stages' own pools too (what `batch` gives each case)
         out = tmp_path / f"t{threads}"
         run = subprocess.run([sys.executable, "-m", "StrokeLesionLib.cli", "run", str(ctp), "--aif", aif,
-                              "--out", str(out)], env=env, capture_output=True, encoding="utf-8", errors="replace",
+                              "--method", method, "--out", str(out)], env=env, capture_output=True, encoding="utf-8", errors="replace",
                              timeout=600)
         assert run.returncode == 0, run.stderr
         outs[threads] = out
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
         assert report["threads"]["omp_num_threads"] == threads
         assert report["threads"]["threads_used"] == min(int(threads), report["threads"]["cpu_cores_available"])
-    for name in MAP_FILES + ("core", "penumbra", "brain_mask") + (("aif_pvol", "vof_pvol") if aif == "aifnet" else ()):
+    extra = (("aif_pvol", "vof_pvol") if aif == "aifnet" else ()) + (("cbf_sd", "tmax_sd") if method == "bayes" else ())
+    for name in MAP_FILES + ("core", "penumbra", "brain_mask") + extra:
         a, _ = read_volume(outs["1"] / f"{name}.nii.gz")
         b, _ = read_volume(outs["2"] / f"{name}.nii.gz")
         np.testing.assert_array_equal(a, b, err_msg=name)

@@ -5,6 +5,7 @@ healthy grey and white matter. With the classic automatic selector: core and pen
 figures print with ``pytest -s``; the assertions are the acceptance limits where the method meets them
 and the measured level otherwise (healthy CBF and Tmax: see the README's "Known limit").
 """
+import numpy as np
 import pytest
 
 from AIFSelectorLib.input_functions.functions import InputFunctions
@@ -13,7 +14,7 @@ from AIFSelectorLib.prepare.prepared import prepare
 from AIFSelectorLib.phantom.case import make_phantom
 from AIFSelectorLib.thresholds.decision import decide, lesion_volumes
 from StrokeLesionLib.case.pipeline import RunOptions, run_case
-from StrokeLesionLib.case.truth_comparison import dice, healthy_tissue_errors
+from StrokeLesionLib.case.truth_comparison import GM, WM, dice, healthy_tissue_errors
 
 SEEDS = (0, 2)  # cores of 36 and 28 ml; Dice of small cores (< 10 ml) is lower, see the note
 
@@ -48,6 +49,28 @@ def test_true_aif_core_penumbra_and_healthy_maps(case, method):
         assert abs(e["mtt"]["median_rel_error"]) <= 0.15
         assert abs(e["cbf"]["median_rel_error"]) <= 0.16
         assert 0.0 < e["tmax"]["median_error_s"] <= 1.7
+
+
+def test_bayes_true_aif_maps_uncertainty_and_decisions(case):
+    """The Bayesian method on the same cases: Dice, healthy maps and the posterior SDs' coverage (measured on seeds
+    0-5 by bench_phantom_accuracy.py; here seeds 0 and 2: GM CBF -5.9 % and -3.6 %, Tmax +0.36 and +0.41 s)."""
+    prepared = prepare(case.series)
+    p = compute_maps(prepared, _true_functions(case), method="bayes")
+    voxel_ml = case.series.geometry.voxel_volume_ml
+    core, pen = decide(p.maps["rcbf"], p.maps["tmax"], p.tissue, voxel_ml)
+    d_core, d_pen = dice(core, case.truth["core"]), dice(pen, case.truth["penumbra"])
+    healthy = healthy_tissue_errors(p.maps, p.tissue, case.truth)
+    where = p.tissue & case.truth["tissue_mask"] & ((case.truth["labels"] == GM) | (case.truth["labels"] == WM))
+    covered = np.mean(np.abs(p.maps["cbf"][where] - case.truth["cbf"][where]) <= 1.96 * p.maps["cbf_sd"][where])
+    print(f"\nseed {case.params['seed']} bayes: Dice core {d_core:.3f} penumbra {d_pen:.3f}, CBF 95 % interval "
+          f"covers {covered:.2f} of healthy voxels")
+    assert d_core >= 0.90 and d_pen >= 0.90
+    for e in healthy.values():
+        assert abs(e["cbf"]["median_rel_error"]) <= 0.10
+        assert abs(e["mtt"]["median_rel_error"]) <= 0.15
+        assert abs(e["tmax"]["median_error_s"]) <= 1.0
+    assert 0.85 <= covered <= 0.99
+    assert np.all(p.maps["cbf_sd"][~p.tissue] == 0) and np.all(p.maps["cbf_sd"][p.tissue] > 0)
 
 
 def test_classic_aif_core_and_penumbra_volumes(case):

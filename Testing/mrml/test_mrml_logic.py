@@ -251,6 +251,24 @@ def test_map_volumes_have_the_input_geometry_window_level_and_colours(case):
     assert np.array_equal(mc.array_from_volume(mask) > 0, perfusion.tissue)
 
 
+def test_bayes_maps_add_sd_volumes_that_another_method_removes(phantom):
+    c = new_case(phantom, maps=False)
+    try:
+        c.logic.setParameter("method", "bayes")
+        perfusion = c.logic.computeMaps()
+        for key in aif_lib.SD_NAMES:
+            node = c.logic.mapVolume(key)
+            assert node is not None and node.GetName() == aif_lib.MAP_DISPLAY[key][0]
+            assert _same_grid(node, c.series) and np.allclose(mc.array_from_volume(node), perfusion.maps[key])
+        ids = [c.logic.mapVolume(k).GetID() for k in aif_lib.SD_NAMES]
+        c.logic.setParameter("method", "osvd")
+        c.logic.computeMaps()
+        assert all(c.logic.mapVolume(k) is None for k in aif_lib.SD_NAMES)
+        assert all(c.scene.GetNodeByID(i) is None for i in ids)  # no stale uncertainty beside oSVD's maps
+    finally:
+        c.env.close()
+
+
 def test_compare_layout_puts_each_map_in_its_view(case):
     scene, logic = case.scene, case.logic
     layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")

@@ -309,6 +309,15 @@ def fit_prior(curves: np.ndarray, model: BayesModel, seed: int = 0) -> BayesMode
     return replace(model, log_prior=np.log(full / full.sum()), noise_hu=sigma)
 
 
+def fitted_model(sample: np.ndarray, aif: np.ndarray, dt_s: float, spanning: Optional[np.ndarray] = None,
+                 prior: BayesPrior = BayesPrior(), seed: int = 0) -> BayesModel:
+    """The model of one series: its model curves for the AIF (n_frames,) [HU] every ``dt_s`` s, in the subspace of
+    ``spanning`` (:func:`curve_subspace`), with the empirical prior and noise of ``sample`` (n, n_frames) [HU], a
+    sample of its tissue curves."""
+    model = build_model(aif, dt_s, curve_subspace(len(np.ravel(aif)), spanning), prior)
+    return fit_prior(sample, model, seed=seed)
+
+
 def _summaries(scaled: np.ndarray, model: BayesModel):
     """Posterior mean and SD of the flow of the maps, max_t F.R_eff(t) [1/s], and of Tmax [s], of curves given as
     scaled coordinates (:func:`_weights`)."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM, TMAX_THRESHOLD_S
 from AIFSelectorLib.deconvolution import bayes
-from AIFSelectorLib.deconvolution.methods import METHODS as SVD_METHODS
+from AIFSelectorLib.deconvolution import MAP_METHODS as METHODS
 from AIFSelectorLib.input_functions.functions import InputFunctions, baseline_removed, vof_scale
 from AIFSelectorLib.input_functions.quality import aif_quality_flags
 from AIFSelectorLib.maps.perfusion_maps import Physiology, maps_from_curves, relative_maps
@@ -21,9 +21,6 @@ from AIFSelectorLib.prepare.preprocessing import enhancement, slabs
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp")
 UNCERTAINTY_NAMES = ("cbf_sd", "tmax_sd")
 """Posterior SDs of CBF [ml/100 g/min] and Tmax [s]: the Bayesian method's maps beside MAP_NAMES."""
-METHODS = SVD_METHODS + ("bayes",)
-"""Every method of the maps: the SVD family (:mod:`deconvolution.methods`) and the Bayesian posterior
-(:mod:`deconvolution.bayes`)."""
 MAPS_REVISION = 3
 """Raised whenever the maps of a series change (2: edge-preserving denoising, CSF on the temporal mean; 3: matrices
 finer than the filter grid denoised on its blocks), so that caches of maps (training data) are not reused across
@@ -124,5 +121,4 @@ def brain_prior(tissue: np.ndarray, all_slabs, slab_curves: Callable, aif_enh: n
     chosen = chosen.reshape(tissue.shape)
     sample = [slab_curves(zs, chosen[zs]) for zs in all_slabs if chosen[zs].any()]
     spanning = None if denoised is None else np.vstack([denoised.mean_curve[None], denoised.basis])
-    model = bayes.build_model(aif_enh, dt_s, bayes.curve_subspace(len(aif_enh), spanning), prior)
-    return bayes.fit_prior(np.concatenate(sample), model, seed=seed)
+    return bayes.fitted_model(np.concatenate(sample), aif_enh, dt_s, spanning, prior, seed)

@@ -26,6 +26,7 @@ import numpy as np
 from AIFSelectorLib.mrml import conversion as mc
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM, TMAX_THRESHOLD_S
 from AIFSelectorLib.ctp_series import CTPSeries
+from AIFSelectorLib.deconvolution import MAP_METHODS as METHODS
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.input_functions.functions import InputFunctions, manual_input_functions
 from AIFSelectorLib.input_functions.policy import SELECTORS, canonical_selector, select_input_functions
@@ -39,7 +40,6 @@ MODULE_NAME = "AIFSelector"
 
 SOURCES = ("automatic", "corrected")
 OVERLAYS = ("AIF", "VOF", "None")
-METHODS = ("osvd", "csvd", "tikhonov")
 
 PARAMETERS = {
     # name: default (its type is the parameter's type)
@@ -60,7 +60,9 @@ PARAMETERS = {
 """Scalar parameters and their defaults. frameInterval 0 means: frame times from the sequence."""
 
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp", "rcbf", "rcbv")
-MAP_PARAMETERS = {k: f"{k}Volume" for k in MAP_NAMES}
+SD_NAMES = {"cbf_sd": "cbfSD", "tmax_sd": "tmaxSD"}
+"""The Bayesian method's posterior SD maps and their parameter stems."""
+MAP_PARAMETERS = {**{k: f"{k}Volume" for k in MAP_NAMES}, **{k: f"{v}Volume" for k, v in SD_NAMES.items()}}
 NODE_PARAMETERS = ("inputSequence", "curvesTable", "curvesChart", "aifPvolVolume", "vofPvolVolume",
                    "arteryMarkups", "veinMarkups", "tissueMask") + tuple(MAP_PARAMETERS.values())
 
@@ -525,7 +527,11 @@ class AIFSelectorLogic(ParameterNodeLogic):
         nodes = {}
         p = self.parameterNode()
         was = p.StartModify()
-        for key in MAP_NAMES:
+        for key in SD_NAMES:  # a method without posterior SDs leaves none of an earlier run's beside its maps
+            if key not in perfusion.maps and self.getNode(MAP_PARAMETERS[key]) is not None:
+                self.scene.RemoveNode(self.getNode(MAP_PARAMETERS[key]))
+                self.setNode(MAP_PARAMETERS[key], None)
+        for key in [k for k in MAP_PARAMETERS if k in perfusion.maps]:
             name, unit, wl = MAP_DISPLAY[key]
             values = np.asarray(perfusion.maps[key], dtype=np.float32)
             node = mc.volume_from_array(self.scene, values, geometry, name, self.getNode(MAP_PARAMETERS[key]))
@@ -553,7 +559,8 @@ class AIFSelectorLogic(ParameterNodeLogic):
         return nodes
 
     def mapVolume(self, key: str):
-        """The volume node of a map ('cbf', 'cbv', 'mtt', 'tmax', 'ttp', 'rcbf', 'rcbv'), or None."""
+        """The volume node of a map ('cbf', 'cbv', 'mtt', 'tmax', 'ttp', 'rcbf', 'rcbv'; 'cbf_sd', 'tmax_sd' after
+        the Bayesian method), or None."""
         return self.getNode(MAP_PARAMETERS[key])
 
     def showMapsInCompareLayout(self) -> bool:

@@ -11,6 +11,8 @@ MAP_DISPLAY = {
     "ttp": ("TTP", "s", (0.0, 40.0)),
     "rcbf": ("rCBF", "fraction of control", (0.0, 1.5)),
     "rcbv": ("rCBV", "fraction of control", (0.0, 1.5)),
+    "cbf_sd": ("CBF SD", "ml/100g/min", (0.0, 20.0)),
+    "tmax_sd": ("Tmax SD", "s", (0.0, 3.0)),
 }
 # TTP counts from the series' first frame (it depends on when the scan started and the bolus arrived): 0-40 s is
 # fixed, like the other windows, for the usual 40-60 s acquisition with the arterial peak at 10-20 s (the demo
@@ -25,12 +27,15 @@ CTP_WINDOW_HU = (0.0, 80.0)
 
 MAP_UNITS_UCUM = {"cbf": ("mL/(100.g)/min", "ml/100g/min"), "cbv": ("mL/(100.g)", "ml/100g"), "mtt": ("s", "s"),
                   "tmax": ("s", "s"), "ttp": ("s", "s"), "rcbf": ("1", "fraction of control"),
-                  "rcbv": ("1", "fraction of control")}
+                  "rcbv": ("1", "fraction of control"), "cbf_sd": ("mL/(100.g)/min", "ml/100g/min"),
+                  "tmax_sd": ("s", "s")}
 """Each map's voxel-value unit as a UCUM code and its meaning, set as the volume's standard unit (Slicer
 shows it where it shows units, e.g. the data probe)."""
 MAP_QUANTITIES = {"cbf": "Cerebral blood flow", "cbv": "Cerebral blood volume", "mtt": "Mean transit time",
                   "tmax": "Time to maximum of the residue function", "ttp": "Time to peak",
-                  "rcbf": "Relative cerebral blood flow", "rcbv": "Relative cerebral blood volume"}
+                  "rcbf": "Relative cerebral blood flow", "rcbv": "Relative cerebral blood volume",
+                  "cbf_sd": "Posterior standard deviation of CBF",
+                  "tmax_sd": "Posterior standard deviation of Tmax"}
 
 CURVE_COLUMNS = ("time_s", "aif_hu", "vof_hu", "aif_auto_hu", "vof_auto_hu", "tissue_hu")
 SERIES_STYLE = {

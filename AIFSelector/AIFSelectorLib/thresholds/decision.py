@@ -86,3 +86,28 @@ def hypoperfusion_intensity_ratio(tmax_s: np.ndarray, at_risk: np.ndarray, voxel
     n_risk, n_severe = int(np.count_nonzero(at_risk)), int(np.count_nonzero(severe))
     return {"tmax_severe_ml": round(n_severe * voxel_ml, 2),
             "hypoperfusion_intensity_ratio": round(n_severe / n_risk, 3) if n_risk else None}
+
+
+INTERVAL_Z = 1.96
+"""Standard deviations either side of the posterior mean for the volume ranges (a 95 % interval per voxel)."""
+
+
+def volume_ranges(maps: Dict[str, np.ndarray], tissue: np.ndarray, cbf_control: float, voxel_ml: float,
+                  thresholds: Thresholds = Thresholds(), z: float = INTERVAL_Z) -> Dict[str, list]:
+    """The volumes [low, high] (ml) of core, hypoperfused tissue (core + penumbra), penumbra and control tissue
+    (Tmax below threshold) that the posterior SDs imply. The rule is applied twice: to CBF + z SD and Tmax - z SD
+    in every voxel (the least tissue at risk), and to CBF - z SD and Tmax + z SD (the most), with the control CBF
+    of the maps held fixed. Core, hypoperfused and control volumes move one way between the two; the penumbra, their
+    difference, can shrink either way, so its range is hypoperfused minus core at their opposite ends.
+    maps: 'cbf', 'cbf_sd' [ml/100 g/min], 'tmax', 'tmax_sd' [s], (z, y, x)."""
+    found = []
+    for sign in (1.0, -1.0):
+        rcbf = (maps["cbf"] + sign * z * maps["cbf_sd"]) / cbf_control
+        tmax = maps["tmax"] - sign * z * maps["tmax_sd"]
+        core, penumbra = decide(rcbf, tmax, tissue, voxel_ml, thresholds)
+        control = np.asarray(tissue, bool) & (tmax < thresholds.tmax_s)
+        found.append([float(np.count_nonzero(m)) * voxel_ml for m in (core, core | penumbra, control)])
+    (core_lo, hyp_lo, control_hi), (core_hi, hyp_hi, control_lo) = found
+    ranges = {"core_ml": (core_lo, core_hi), "hypoperfused_ml": (hyp_lo, hyp_hi),
+              "penumbra_ml": (max(0.0, hyp_lo - core_hi), hyp_hi - core_lo), "control_ml": (control_lo, control_hi)}
+    return {k: sorted(round(v, 2) for v in pair) for k, pair in ranges.items()}

@@ -20,10 +20,11 @@ from AIFSelectorLib.input_functions.functions import InputFunctions
 from AIFSelectorLib.input_functions.policy import select_input_functions
 from AIFSelectorLib.io import aif_csv
 from AIFSelectorLib.io.volume_io import atomic_path, write_volume
-from AIFSelectorLib.maps.compute import PerfusionMaps, compute_maps
+from AIFSelectorLib.maps.compute import UNCERTAINTY_NAMES, PerfusionMaps, compute_maps
 from AIFSelectorLib.prepare.prepared import PreparedSeries, prepare
 from AIFSelectorLib.prepare.preprocessing import THREADS_ENV, affinity_cores, usable_cores
-from AIFSelectorLib.thresholds.decision import Thresholds, decide, hypoperfusion_intensity_ratio, lesion_volumes
+from AIFSelectorLib.thresholds.decision import (Thresholds, decide, hypoperfusion_intensity_ratio, lesion_volumes,
+                                                volume_ranges)
 MAP_FILES = ("cbf", "cbv", "mtt", "tmax", "ttp", "rcbf", "rcbv")
 
 
@@ -58,6 +59,8 @@ class CaseResult:
     lesion_extras: Dict[str, np.ndarray] = field(default_factory=dict)
     """The lesion model's (z, y, x) float32 images, e.g. 'pseudo_dwi' (what the segmenter saw)."""
     lesion_info: Dict[str, object] = field(default_factory=dict)
+    volume_ranges: Optional[Dict[str, list]] = None
+    """With posterior SD maps (method 'bayes'): per region, the [low, high] volume (ml) they imply."""
 
     @property
     def series(self) -> CTPSeries:
@@ -85,11 +88,15 @@ def run_case(series: CTPSeries, options: RunOptions = RunOptions(), progress=Non
     voxel_ml = series.geometry.voxel_volume_ml
     core, penumbra = decide(perfusion.maps["rcbf"], perfusion.maps["tmax"], perfusion.tissue, voxel_ml,
                             options.thresholds)
+    ranges = None
+    if "cbf_sd" in perfusion.maps:
+        ranges = volume_ranges(perfusion.maps, perfusion.tissue, perfusion.control["cbf_control"], voxel_ml,
+                               options.thresholds)
     timings["decision"] = time.perf_counter() - t0
     result = CaseResult(prepared, functions, perfusion, core, penumbra,
                         {**lesion_volumes(core, penumbra, voxel_ml),
                          **hypoperfusion_intensity_ratio(perfusion.maps["tmax"], core | penumbra, voxel_ml)},
-                        timings, options)
+                        timings, options, volume_ranges=ranges)
     if options.lesion_model != "none":
         from StrokeLesionLib.lesion_models.registry import segment
         t0 = time.perf_counter()
@@ -137,9 +144,12 @@ def report_dict(result: CaseResult, source: str = "", note: str = "") -> dict:
         "maps": {"deconvolution": result.options.method, "denoising_sigma_mm": result.options.smooth_mm,
                  "control_tissue": p.control, "tissue_ml": float(p.tissue.sum() * series.geometry.voxel_volume_ml),
                  "units": {"cbf": "ml/100g/min", "cbv": "ml/100g", "mtt": "s", "tmax": "s", "ttp": "s",
-                           "rcbf": "fraction of control", "rcbv": "fraction of control"}},
+                           "rcbf": "fraction of control", "rcbv": "fraction of control",
+                           **({"cbf_sd": "ml/100g/min", "tmax_sd": "s"} if "cbf_sd" in p.maps else {})}},
         "models": dict(f.details.get("models", {})),
         "warnings": list(result.prepared.warnings) + list(f.warnings),
+        **({"volume_ranges_ml": {**result.volume_ranges, "interval": "95 % per voxel (posterior mean +- 1.96 SD)"}}
+           if result.volume_ranges is not None else {}),
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
         "threads": thread_report(),
     }
@@ -172,7 +182,8 @@ def write_outputs(result: CaseResult, folder: Path, report: dict, figure: bool =
     t0 = time.perf_counter()
     g = result.series.geometry
     f = result.functions
-    volumes = [(f"{name}.nii.gz", result.perfusion.maps[name]) for name in MAP_FILES]
+    volumes = [(f"{name}.nii.gz", result.perfusion.maps[name]) for name in MAP_FILES + UNCERTAINTY_NAMES
+               if name in result.perfusion.maps]
     volumes += [("brain_mask.nii.gz", result.prepared.brain), ("core.nii.gz", result.core),
                 ("penumbra.nii.gz", result.penumbra)]
     volumes += [(f"{name}.nii.gz", pvol) for name, pvol in (("aif_pvol", f.aif_pvol), ("vof_pvol", f.vof_pvol))

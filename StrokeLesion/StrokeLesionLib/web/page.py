@@ -2,7 +2,7 @@
 penumbra, segments, export) beside Slicer's slice views. Controls carry ``id``s (the browser tests use
 them); all behaviour is in app.py.
 """
-from AIFSelectorLib.deconvolution.methods import METHODS
+from AIFSelectorLib.deconvolution import MAP_METHODS as METHODS
 
 from StrokeLesionLib.web.session import LESION_MODELS, SELECTORS
 

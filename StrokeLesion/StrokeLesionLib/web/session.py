@@ -224,7 +224,11 @@ class ReviewSession:
         self.lesion.setInputsFromAIFSelector()
 
     def map_nodes(self) -> Dict[str, object]:
-        return {k: self.aif.mapVolume(k) for k in ("cbf", "cbv", "mtt", "tmax", "ttp", "rcbf")}
+        """The compare views' six maps, then the posterior SDs where the method gave them (their colour bars and
+        values in the side panel and the data probe)."""
+        nodes = {k: self.aif.mapVolume(k) for k in ("cbf", "cbv", "mtt", "tmax", "ttp", "rcbf")}
+        sds = {k: self.aif.mapVolume(k) for k in ("cbf_sd", "tmax_sd")}
+        return {**nodes, **{k: n for k, n in sds.items() if n is not None}}
 
     # ------------------------------------------------------------------------ thresholds and segments
 
