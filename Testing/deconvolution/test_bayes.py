@@ -130,3 +130,18 @@ def test_model_needs_its_noise_and_grid_is_stated():
     # the flow of the maps is F * max R_eff: 1 without dispersion, below 1 with it
     assert np.all(model.grid.height[model.grid.beta_s == 0] == 1.0)
     assert np.all(model.grid.height[model.grid.beta_s > 0] < 1.0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not __import__("AIFSelectorLib.models.device", fromlist=["cuda_if_present"]).cuda_if_present(),
+    reason="no CUDA device"))])
+def test_torch_path_agrees_with_numpy(device):
+    pytest.importorskip("torch")
+    tissue, aif, _, _ = population("gamma3", n=3000, seed=3)
+    model = bayes.fitted_model(tissue, aif, 1.0)
+    ours = bayes.posterior(tissue, model)
+    theirs = bayes.posterior(tissue, model, device=device)
+    # the same float32 sums in another order: a curve whose coarse delay search ties may take the next window
+    for a, b, tol in ((ours.flow_per_s, theirs.flow_per_s, 1e-3), (ours.tmax_s, theirs.tmax_s, 1e-3)):
+        close = np.isclose(a, b, rtol=tol, atol=tol * np.abs(a).max())
+        assert close.mean() >= 0.999, (device, close.mean())

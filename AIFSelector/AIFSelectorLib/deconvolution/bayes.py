@@ -221,27 +221,110 @@ def build_model(aif: np.ndarray, dt_s: float, basis: np.ndarray, prior: BayesPri
                       np.full(g, -np.log(g)))
 
 
-def _weights(scaled: np.ndarray, model: BayesModel, fast_max: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """(unnormalised posterior weights over the grid (n, G) float32, scaled projections P' (n, G)) of curves
+class _NumpyOps:
+    """The per-voxel operations of the posterior in numpy (float32, in place where it saves memory)."""
+
+    @staticmethod
+    def array(x):
+        return np.ascontiguousarray(x, np.float32)
+
+    @staticmethod
+    def numpy(x):
+        return x
+
+    @staticmethod
+    def clamp_min_(x, low):
+        return np.maximum(x, np.float32(low), out=x)
+
+    @staticmethod
+    def clamp_min(x, low):
+        return np.maximum(x, np.float32(low))
+
+    @staticmethod
+    def row_max(x):
+        return x.max(1, keepdims=True)
+
+    @staticmethod
+    def exp_(x):
+        return np.exp(x, out=x)
+
+    @staticmethod
+    def rows(idx):
+        return idx
+
+
+class _TorchOps:
+    """The same operations in torch on one device (imported only when a device is asked for)."""
+
+    def __init__(self, device):
+        import torch
+
+        from AIFSelectorLib.models.device import resolve_device
+        self.torch, self.device = torch, resolve_device(device)
+
+    def array(self, x):
+        return self.torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
+
+    def numpy(self, x):
+        return x.cpu().numpy()
+
+    def clamp_min_(self, x, low):
+        return x.clamp_(min=low)
+
+    def clamp_min(self, x, low):
+        return x.clamp(min=low)
+
+    def row_max(self, x):
+        return x.amax(1, keepdim=True)
+
+    def exp_(self, x):
+        return x.exp_()
+
+    def rows(self, idx):
+        return self.torch.from_numpy(idx).to(self.device)
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """A set of grid columns as the backend's float32 arrays: unit (K, G), log prior (G,), the flow of the maps per
+    unit scaled projection (G,) [1/s], and the table of the posterior moments (G, 4): Tmax, Tmax^2, the flow's
+    variance given the column, 1."""
+
+    unit: object
+    log_prior: object
+    flow_per_scaled: object
+    moments: object
+
+    @staticmethod
+    def of(model: BayesModel, ops) -> "_Columns":
+        sigma = model.noise_hu
+        per_projection = model.grid.height / model.norm  # flow of the maps per unit projection P [1/s / HU]
+        tmax = model.grid.tmax_s
+        table = np.stack([tmax, tmax * tmax, (sigma * per_projection) ** 2, np.ones_like(tmax)], 1)
+        return _Columns(ops.array(model.unit), ops.array(model.log_prior), ops.array(per_projection * sigma *
+                                                                                     np.sqrt(2.0)), ops.array(table))
+
+
+def _weights(scaled, columns: _Columns, ops=_NumpyOps):
+    """(unnormalised posterior weights over the columns (n, G) float32, scaled projections P' (n, G)) of curves
     given as scaled coordinates (n, K): coordinates in the model's basis divided by sigma * sqrt(2).
 
     With Gaussian noise and p(F) ~ 1/F the flow integrates out to p(c | g) ~ exp(P^2 / (2 sigma^2)) / P, with
     P = c . unit_g clipped at 0, i.e. exp(P'^2) / P'; P' is floored at 1/sqrt(2) (P at sigma) in the 1/P'
     (curves that a model shape does not explain at all). The row maximum subtracted before the exponential is
     that of P'^2 + log prior: the 1/P' factor is at most sqrt(2), so nothing overflows; see LOG_WEIGHT_FLOOR."""
-    p = scaled @ model.unit
-    np.maximum(p, 0.0, out=p)
-    w = np.multiply(p, p)
-    w += model.log_prior.astype(np.float32)
-    w -= w.max(1, keepdims=True)
-    np.maximum(w, np.float32(LOG_WEIGHT_FLOOR), out=w)
-    np.exp(w, out=w)
-    w /= np.maximum(p, np.float32(np.sqrt(0.5)))
+    p = ops.clamp_min_(scaled @ columns.unit, 0.0)
+    w = p * p
+    w += columns.log_prior
+    w -= ops.row_max(w)
+    ops.exp_(ops.clamp_min_(w, LOG_WEIGHT_FLOOR))
+    w /= ops.clamp_min(p, float(np.sqrt(0.5)))
     return w, p
 
 
-def _scaled(coords: np.ndarray, noise_hu: float) -> np.ndarray:
-    return coords * np.float32(1.0 / (noise_hu * np.sqrt(2.0)))
+def _scaled(coords, noise_hu: float):
+    """Coordinates (numpy or torch) divided by sigma * sqrt(2) (:func:`_weights`)."""
+    return coords * float(1.0 / (noise_hu * np.sqrt(2.0)))
 
 
 def noise_sd(coords: np.ndarray, model: BayesModel) -> float:
@@ -295,13 +378,13 @@ def fit_prior(curves: np.ndarray, model: BayesModel, seed: int = 0) -> BayesMode
     weights = flat
     starts = range(0, len(scaled), EM_CHUNK_VOXELS)
 
-    def responsibilities(start: int, current: BayesModel) -> np.ndarray:
+    def responsibilities(start: int, current: _Columns) -> np.ndarray:
         w = _weights(scaled[start:start + EM_CHUNK_VOXELS], current)[0]
         return (1.0 / w.sum(1, dtype=np.float64)).astype(np.float32) @ w  # sum over voxels of the posteriors
 
     with ThreadPoolExecutor(max_workers=max(1, min(usable_cores(), len(starts)))) as pool:
         for _ in range(model.prior.em_iterations):
-            current = replace(coarse, log_prior=np.log(weights))
+            current = _Columns.of(replace(coarse, log_prior=np.log(weights), noise_hu=sigma), _NumpyOps)
             total = sum(pool.map(lambda start: responsibilities(start, current).astype(np.float64), starts))
             weights = (1 - model.prior.floor) * total / len(scaled) + model.prior.floor * flat
             weights /= weights.sum()
@@ -318,60 +401,60 @@ def fitted_model(sample: np.ndarray, aif: np.ndarray, dt_s: float, spanning: Opt
     return fit_prior(sample, model, seed=seed)
 
 
-def _summaries(scaled: np.ndarray, model: BayesModel):
-    """Posterior mean and SD of the flow of the maps, max_t F.R_eff(t) [1/s], and of Tmax [s], of curves given as
-    scaled coordinates (:func:`_weights`)."""
-    sigma = model.noise_hu
-    w, p = _weights(scaled, model)
-    per_projection = (model.grid.height / model.norm).astype(np.float32)  # flow per unit projection P [1/s / HU]
-    flow_per_scaled = per_projection * np.float32(sigma * np.sqrt(2.0))  # ... per unit P'
-    tmax = model.grid.tmax_s.astype(np.float32)
-    # flow variance given g: sigma^2 per_projection^2 (F's conditional posterior is Gaussian in P)
-    moments = w @ np.stack([tmax, tmax * tmax, (sigma * per_projection) ** 2, np.ones_like(tmax)], 1)
+def _summaries(scaled, columns: _Columns, ops=_NumpyOps) -> Tuple[np.ndarray, ...]:
+    """Posterior mean and SD of the flow of the maps, max_t F.R_eff(t) [1/s], and of Tmax [s] (four (n,) float32
+    numpy arrays) of curves given as scaled coordinates (:func:`_weights`)."""
+    w, p = _weights(scaled, columns, ops)
+    moments = w @ columns.moments
+    w *= p
+    flow = w @ columns.flow_per_scaled
+    w *= p
+    flow_second = w @ (columns.flow_per_scaled * columns.flow_per_scaled)
+    moments, flow, flow_second = (ops.numpy(x).astype(np.float64) for x in (moments, flow, flow_second))
     total = moments[:, 3]
-    w *= p
-    mean_f = (w @ flow_per_scaled) / total
-    w *= p
-    second_f = (w @ (flow_per_scaled * flow_per_scaled) + moments[:, 2]) / total
-    mean_t = moments[:, 0] / total
-    sd_f = np.sqrt(np.maximum(second_f - mean_f ** 2, 0.0))
+    mean_f, mean_t = flow / total, moments[:, 0] / total
+    sd_f = np.sqrt(np.maximum((flow_second + moments[:, 2]) / total - mean_f ** 2, 0.0))
     sd_t = np.sqrt(np.maximum(moments[:, 1] / total - mean_t ** 2, 0.0))
-    return mean_f, sd_f, mean_t, sd_t
+    return tuple(x.astype(np.float32) for x in (mean_f, sd_f, mean_t, sd_t))
 
 
-def posterior(curves: np.ndarray, model: BayesModel, chunk_voxels: int = CHUNK_VOXELS) -> Posterior:
-    """Posterior summaries of every curve (n, n_frames) [HU], chunk by chunk on every usable core (each chunk's
-    result is the same whichever thread computes it). ``model`` must carry a noise SD (:func:`fit_prior`).
+def posterior(curves: np.ndarray, model: BayesModel, chunk_voxels: int = CHUNK_VOXELS,
+              device: Optional[str] = None) -> Posterior:
+    """Posterior summaries of every curve (n, n_frames) [HU], chunk by chunk. ``model`` must carry a noise SD
+    (:func:`fit_prior`). device None: numpy on every usable core (each chunk's result is the same whichever thread
+    computes it); 'cpu', 'cuda' or 'auto': torch on that device, one chunk after another.
 
     Each curve's delay window is centred on the coarse grid's best delay by P'^2 + log prior (the 1/P' factor
     left out: it moves the choice by under a coarse step)."""
     if model.noise_hu is None:
         raise ValueError("the model has no noise estimate: run fit_prior first")
+    ops = _NumpyOps if device is None else _TorchOps(device)
     prior, g = model.prior, model.grid
-    coarse = model.columns(_coarse_grid(model)[0])
-    coarse_prior = coarse.log_prior.astype(np.float32)
-    windows = {int(round(d / prior.delay_step_s)): model.columns(np.flatnonzero(
-        np.abs(g.delay_s - d) <= prior.window_s + 1e-9)) for d in np.unique(coarse.grid.delay_s)}
+    coarse_model = model.columns(_coarse_grid(model)[0])
+    coarse = _Columns.of(coarse_model, ops)
+    windows = {int(round(d / prior.delay_step_s)): _Columns.of(model.columns(np.flatnonzero(
+        np.abs(g.delay_s - d) <= prior.window_s + 1e-9)), ops) for d in np.unique(coarse_model.grid.delay_s)}
+    basis = ops.array(model.basis)
     n = len(curves)
     out = [np.empty(n, np.float32) for _ in range(4)]
 
     def one_chunk(start: int) -> None:
         stop = min(start + chunk_voxels, n)
-        scaled = _scaled(np.asarray(curves[start:stop], np.float32) @ model.basis, model.noise_hu)
-        best = np.empty(len(scaled), np.int64)
-        for row in range(0, len(scaled), SEARCH_ROWS):  # blocks that stay in the CPU cache
-            p = scaled[row:row + SEARCH_ROWS] @ coarse.unit
-            np.maximum(p, 0.0, out=p)
+        scaled = _scaled(ops.array(curves[start:stop]) @ basis, model.noise_hu)
+        best = np.empty(stop - start, np.int64)
+        for row in range(0, stop - start, SEARCH_ROWS):  # blocks that stay in the CPU cache
+            p = ops.clamp_min_(scaled[row:row + SEARCH_ROWS] @ coarse.unit, 0.0)
             p *= p
-            p += coarse_prior
-            best[row:row + SEARCH_ROWS] = p.argmax(1)
-        first = np.round(coarse.grid.delay_s[best] / prior.delay_step_s).astype(int)
+            p += coarse.log_prior
+            best[row:row + SEARCH_ROWS] = ops.numpy(p.argmax(1))
+        first = np.round(coarse_model.grid.delay_s[best] / prior.delay_step_s).astype(int)
         for d in np.unique(first):
             rows = np.flatnonzero(first == d)
-            for o, v in zip(out, _summaries(scaled[rows], windows[int(d)])):
+            for o, v in zip(out, _summaries(scaled[ops.rows(rows)], windows[int(d)], ops)):
                 o[start + rows] = v
 
     starts = range(0, n, chunk_voxels)
-    with ThreadPoolExecutor(max_workers=max(1, min(usable_cores(), len(starts)))) as pool:
+    workers = max(1, min(usable_cores(), len(starts))) if device is None else 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one_chunk, starts))
     return Posterior(*out)

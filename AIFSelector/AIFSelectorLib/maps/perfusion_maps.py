@@ -122,7 +122,7 @@ def maps_from_curves(tissue: np.ndarray, aif: np.ndarray, dt_s: float, method: s
     if method == "bayes":
         from AIFSelectorLib.deconvolution.bayes import posterior
 
-        result = posterior(tissue, deconvolution_options["model"])
+        result = posterior(tissue, deconvolution_options["model"], device=device)
         extra = {"cbf_sd": cbf_ml_100g_min(result.flow_sd_per_s, physiology), "tmax_sd": result.tmax_sd_s}
     else:
         from AIFSelectorLib.deconvolution.methods import deconvolve
