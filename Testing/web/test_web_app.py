@@ -117,6 +117,23 @@ def test_segments_recomputed_after_an_edit_go_to_a_new_segmentation(small_ctp, a
     assert app.state.volumes["core_ml"] == pytest.approx(edited.sum() * voxel_ml, abs=0.01)
 
 
+def test_bayes_maps_show_their_sds_in_the_side_panel_and_probe(small_ctp, app):
+    run(app.open_path(small_ctp))
+    app.state.selector = "classic"
+    run(app.select_input_functions())
+    app.state.method = "bayes"
+    run(app.compute_maps())
+    assert [m["key"] for m in app.state.map_legend][-2:] == ["cbf_sd", "tmax_sd"]
+    series = app.session.series()
+    from AIFSelectorLib.mrml.conversion import zyx_to_ras
+    z, y, x = np.argwhere(app.session.perfusion.tissue)[0]
+    app._probe(list(zyx_to_ras([(z, y, x)], series.geometry)[0]))
+    assert "CBF SD" in app.state.probe and "Tmax SD" in app.state.probe
+    app.state.method = "osvd"
+    run(app.compute_maps())  # no stale SDs beside another method's maps
+    assert [m["key"] for m in app.state.map_legend] == ["cbf", "cbv", "mtt", "tmax", "ttp", "rcbf"]
+
+
 def test_frame_slider_and_tissue_curve_under_the_cursor(small_ctp, app):
     run(app.open_path(small_ctp))
     times = app.session.frame_times_s()
