@@ -119,6 +119,15 @@ def test_posterior_is_the_same_on_one_or_two_threads(monkeypatch):
     np.testing.assert_array_equal(refit.log_prior, model.log_prior)
 
 
+def test_bad_aif_or_frame_interval_is_one_clear_error():
+    from AIFSelectorLib.errors import InputError
+    basis = bayes.curve_subspace(48)
+    for aif, dt_s, message in ((np.zeros(48), 1.0, "AIF is zero"), (np.full(48, np.nan), 1.0, "not finite"),
+                               (aif_hu(np.arange(48.0)), 0.0, "frame interval")):
+        with pytest.raises(InputError, match=message):
+            bayes.build_model(aif, dt_s, basis)
+
+
 def test_model_needs_its_noise_and_grid_is_stated():
     tissue, aif, _, _ = population("gamma3", n=50)
     model = bayes.build_model(aif, 1.0, bayes.curve_subspace(aif.size))

@@ -5,11 +5,11 @@ tissue enhancement curve is
 
     C(t) = F * (AIF (x) R_eff)(t - delay) + noise,      R_eff = h_disp (x) R
 
-with F [1/s] the flow into the residue R of a gamma
-distribution of capillary transit times (shape ``k``, mean MTT; k = 1 is the exponential residue), h_disp an
-optional exponential dispersion kernel of time constant ``beta`` [s], and a delay [s] of either sign. The AIF is
-linear between its samples (held at its last value after the series); the model curves are convolved on a
-0.1 s grid (:data:`FINE_DT_S`) and read at the frames.
+with F [1/s] the flow into the residue R of a gamma distribution of capillary transit times (shape ``k``, mean
+MTT; k = 1 is the exponential residue), h_disp an optional exponential dispersion kernel of time constant
+``beta`` [s], and a delay [s] of either sign. The AIF is a cubic spline between its samples (:func:`smooth_aif`;
+held at its last value after the series); the model curves are convolved on a 0.1 s grid (:data:`FINE_DT_S`) and
+read at the frames.
 
 The flow of the maps is, as for every method here, the maximum of the impulse response,
 max_t F.R_eff(t) = F * max R_eff (CBF = kH/rho * 6000 * that, :mod:`maps.perfusion_maps`), and Tmax the time
@@ -27,20 +27,23 @@ Inference:
   :func:`fit_prior`), mixed with a flat floor so that tissue rarer than the sample (the core) keeps its chance.
   This is the spatial pooling; the edge-preserving denoising the curves pass through before is the other.
 - The likelihood is evaluated in the subspace the curves live in (:func:`curve_subspace`): denoised curves are
-  the mean curve plus ``N_COMPONENTS`` principal components, so their errors are correlated in time and only that
-  many numbers per voxel are free. The noise SD per coordinate of that subspace is one number per series (empirical
-  Bayes): from the residuals of each sampled curve's best grid fit (:func:`noise_sd`), so it covers what the
-  curves still carry, noise and model misfit alike.
-- Posterior means and SDs of F and Tmax (= delay + the time of R_eff's maximum, what SVD's Tmax reads) follow by
-  summing over the grid. Delay is searched coarse to fine (a pass at ``coarse_delay_step_s``, then a window
-  of +-``window_s`` around each voxel's coarse delay at ``delay_step_s``).
+  the mean curve plus ``prepare.denoising.N_COMPONENTS`` principal components, so their errors are correlated in
+  time and only that many numbers per voxel are free. The noise SD per coordinate of that subspace is one number
+  per series (empirical Bayes): from the residuals of each sampled curve's best grid fit (:func:`noise_sd`), so
+  it covers what the curves still carry, noise and model misfit alike.
+- Posterior means and SDs of the flow of the maps and of Tmax (= delay + the time of R_eff's maximum) follow by
+  summing over the grid (:func:`posterior`; numpy on every core, or torch on a device). Delay is searched coarse
+  to fine (a pass at ``coarse_delay_step_s``, then a window of +-``window_s`` around each voxel's coarse delay at
+  ``delay_step_s``).
 
-Priors, stated (:class:`BayesPrior`; none is read from the digital phantom's generator, whose ranges are in
-phantom.case): MTT log-uniform over 1-24 s (grey and white matter 3-6 s, ischaemic tissue up to ~20 s; the
-grid's ends leave room either side); transit-time shapes k in {1, 2, 4, 8, 16}, from one well-mixed compartment
-(exponential) to near plug flow (k = 16: transit times within +-25 %); dispersion time constants {0, 1, 2.5} s
-(none, moderate, strong: collateral routes); delay uniform from -5 to +15 s (a tissue curve may precede an AIF
-taken downstream; collateral delays reach ~10 s). All of them are then re-weighted by the brain's own curves.
+Priors, stated (:class:`BayesPrior`). The family, gamma transit times and exponential dispersion, is the
+literature's (Mouridsen 2006) and also the one the digital phantom draws from (with box residues too, and its own
+ranges, phantom.case); the grid's ranges are physiological, not read from the phantom: MTT log-uniform over
+1-24 s (grey and white matter 3-6 s, ischaemic tissue up to ~20 s; the grid's ends leave room either side);
+transit-time shapes k in {1, 2, 4, 8, 16}, from one well-mixed compartment (exponential) to near plug flow
+(k = 16: transit times within +-25 %); dispersion time constants {0, 1, 2.5} s (none, moderate, strong:
+collateral routes); delay uniform from -5 to +15 s (a tissue curve may precede an AIF taken downstream;
+collateral delays reach ~10 s). All of them are then re-weighted by the brain's own curves.
 
 Shapes: tissue (n_voxels, n_frames), AIF (n_frames,), both enhancement in HU on a uniform grid of dt_s seconds.
 """
@@ -51,6 +54,7 @@ from typing import Optional, Tuple
 import numpy as np
 from scipy import special
 
+from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.prepare.preprocessing import usable_cores
 
 FINE_DT_S = 0.1
@@ -194,6 +198,10 @@ def build_model(aif: np.ndarray, dt_s: float, basis: np.ndarray, prior: BayesPri
     """Model curves of every grid point for the AIF (n_frames,) [HU] sampled every ``dt_s`` seconds, projected on
     ``basis`` (:func:`curve_subspace`), with a flat prior (the prior and the noise come from :func:`fit_prior`)."""
     aif = np.asarray(aif, np.float64).ravel()
+    if not (np.isfinite(dt_s) and dt_s > 0):
+        raise InputError(f"the frame interval must be a positive number of seconds, got {dt_s}")
+    if not np.all(np.isfinite(aif)) or not aif.max(initial=0.0) > 0:
+        raise InputError("the AIF is zero, negative or not finite: nothing to deconvolve by")
     n_frames = aif.size
     t_frames = np.arange(n_frames) * dt_s
     n = int(np.ceil((t_frames[-1] - prior.delay_range_s[0]) / FINE_DT_S)) + 4
@@ -201,7 +209,8 @@ def build_model(aif: np.ndarray, dt_s: float, basis: np.ndarray, prior: BayesPri
     aif_fine = smooth_aif(aif, t_frames, np.arange(n) * FINE_DT_S)
     nfft = 1 << int(np.ceil(np.log2(2 * n)))
     conv = np.fft.irfft(np.fft.rfft(residues, nfft) * np.fft.rfft(aif_fine, nfft)[None], nfft)[:, :n] * FINE_DT_S
-    conv = np.concatenate([np.zeros((len(conv), 1)), conv], axis=1)  # conv[:, j + 1]: the convolution at (j + 1/2) steps
+    # conv[:, j + 1]: the convolution at (j + 1/2) fine steps (cell averages); conv[:, 0] = 0 before the bolus
+    conv = np.concatenate([np.zeros((len(conv), 1)), conv], axis=1)
     delays = prior.delays_s()
     position = (t_frames[None] - delays[:, None]) / FINE_DT_S + 0.5  # (D, T) on conv's columns
     position = np.clip(position, 0.0, n - 1e-6)
@@ -252,6 +261,12 @@ class _NumpyOps:
     def rows(idx):
         return idx
 
+    @staticmethod
+    def row_sums(w, v):
+        """w (n, G) @ v (G,) summed in numpy's own loop: BLAS splits long sums by its thread count, which would
+        make the maps depend on OMP_NUM_THREADS."""
+        return np.einsum("ng,g->n", w, v)
+
 
 class _TorchOps:
     """The same operations in torch on one device (imported only when a device is asked for)."""
@@ -283,12 +298,15 @@ class _TorchOps:
     def rows(self, idx):
         return self.torch.from_numpy(idx).to(self.device)
 
+    @staticmethod
+    def row_sums(w, v):
+        return w @ v
+
 
 @dataclass(frozen=True)
 class _Columns:
     """A set of grid columns as the backend's float32 arrays: unit (K, G), log prior (G,), the flow of the maps per
-    unit scaled projection (G,) [1/s], and the table of the posterior moments (G, 4): Tmax, Tmax^2, the flow's
-    variance given the column, 1."""
+    unit scaled projection (G,) [1/s], and the columns' Tmax, Tmax^2 and flow variance given the column (3, G)."""
 
     unit: object
     log_prior: object
@@ -300,7 +318,7 @@ class _Columns:
         sigma = model.noise_hu
         per_projection = model.grid.height / model.norm  # flow of the maps per unit projection P [1/s / HU]
         tmax = model.grid.tmax_s
-        table = np.stack([tmax, tmax * tmax, (sigma * per_projection) ** 2, np.ones_like(tmax)], 1)
+        table = np.stack([tmax, tmax * tmax, (sigma * per_projection) ** 2])
         return _Columns(ops.array(model.unit), ops.array(model.log_prior), ops.array(per_projection * sigma *
                                                                                      np.sqrt(2.0)), ops.array(table))
 
@@ -380,7 +398,8 @@ def fit_prior(curves: np.ndarray, model: BayesModel, seed: int = 0) -> BayesMode
 
     def responsibilities(start: int, current: _Columns) -> np.ndarray:
         w = _weights(scaled[start:start + EM_CHUNK_VOXELS], current)[0]
-        return (1.0 / w.sum(1, dtype=np.float64)).astype(np.float32) @ w  # sum over voxels of the posteriors
+        # the sum over voxels of the posteriors, in numpy's own loop (see _NumpyOps.row_sums)
+        return np.einsum("n,ng->g", (1.0 / w.sum(1, dtype=np.float64)).astype(np.float32), w)
 
     with ThreadPoolExecutor(max_workers=max(1, min(usable_cores(), len(starts)))) as pool:
         for _ in range(model.prior.em_iterations):
@@ -405,16 +424,15 @@ def _summaries(scaled, columns: _Columns, ops=_NumpyOps) -> Tuple[np.ndarray, ..
     """Posterior mean and SD of the flow of the maps, max_t F.R_eff(t) [1/s], and of Tmax [s] (four (n,) float32
     numpy arrays) of curves given as scaled coordinates (:func:`_weights`)."""
     w, p = _weights(scaled, columns, ops)
-    moments = w @ columns.moments
+    sums = [w.sum(1)] + [ops.row_sums(w, column) for column in columns.moments]
     w *= p
-    flow = w @ columns.flow_per_scaled
+    sums.append(ops.row_sums(w, columns.flow_per_scaled))
     w *= p
-    flow_second = w @ (columns.flow_per_scaled * columns.flow_per_scaled)
-    moments, flow, flow_second = (ops.numpy(x).astype(np.float64) for x in (moments, flow, flow_second))
-    total = moments[:, 3]
-    mean_f, mean_t = flow / total, moments[:, 0] / total
-    sd_f = np.sqrt(np.maximum((flow_second + moments[:, 2]) / total - mean_f ** 2, 0.0))
-    sd_t = np.sqrt(np.maximum(moments[:, 1] / total - mean_t ** 2, 0.0))
+    sums.append(ops.row_sums(w, columns.flow_per_scaled * columns.flow_per_scaled))
+    total, tmax, tmax2, variance, flow, flow2 = (ops.numpy(x).astype(np.float64) for x in sums)
+    mean_f, mean_t = flow / total, tmax / total
+    sd_f = np.sqrt(np.maximum((flow2 + variance) / total - mean_f ** 2, 0.0))
+    sd_t = np.sqrt(np.maximum(tmax2 / total - mean_t ** 2, 0.0))
     return tuple(x.astype(np.float32) for x in (mean_f, sd_f, mean_t, sd_t))
 
 

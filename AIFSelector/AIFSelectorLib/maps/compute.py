@@ -11,6 +11,7 @@ import numpy as np
 
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM, TMAX_THRESHOLD_S
 from AIFSelectorLib.deconvolution import bayes
+from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.deconvolution import MAP_METHODS as METHODS
 from AIFSelectorLib.input_functions.functions import InputFunctions, baseline_removed, vof_scale
 from AIFSelectorLib.input_functions.quality import aif_quality_flags
@@ -115,6 +116,8 @@ def brain_prior(tissue: np.ndarray, all_slabs, slab_curves: Callable, aif_enh: n
     with the empirical prior and noise of a random sample of the whole brain's tissue curves (``seed``: the
     same sample, and so the same maps, on every run)."""
     flat = np.flatnonzero(tissue)
+    if flat.size == 0:
+        raise InputError("no tissue voxels in the brain mask: nothing to estimate the Bayesian prior from")
     rng = np.random.default_rng(seed)
     chosen = np.zeros(tissue.size, bool)
     chosen[rng.choice(flat, size=min(prior.sample_voxels, flat.size), replace=False)] = True
