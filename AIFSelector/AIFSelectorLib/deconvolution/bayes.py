@@ -349,7 +349,8 @@ def noise_sd(coords: np.ndarray, model: BayesModel) -> float:
     """Noise SD per coordinate [HU] from each curve's best grid fit: sqrt(median RSS / (K - 4)), four fitted
     parameters (F, MTT, shape, delay) in K coordinates."""
     c = np.asarray(coords, np.float32)
-    best = np.maximum(c @ model.unit, 0).max(1).astype(np.float64)
+    best = np.concatenate([np.maximum((c[i:i + EM_CHUNK_VOXELS] @ model.unit).max(1), 0.0)
+                           for i in range(0, len(c), EM_CHUNK_VOXELS)]).astype(np.float64)  # chunks: bounded memory
     rss = np.maximum((c.astype(np.float64) ** 2).sum(1) - best ** 2, 0.0)
     dof = max(1, c.shape[1] - 4)
     return float(max(np.sqrt(np.median(rss) / dof), 1e-6 * np.abs(c).max(initial=1e-30)))

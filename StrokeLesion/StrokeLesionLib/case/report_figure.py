@@ -320,11 +320,21 @@ def save_report_figure(result, path, source: Optional[dict] = None) -> Path:
              *([f"lesion ({result.options.lesion_model}): {result.lesion_info.get('lesion_ml', float('nan')):.1f} ml"]
                if result.lesion is not None else []),
              f"deconvolution: {result.options.method}",
+             *uncertainty_lines(getattr(result, "volume_ranges", None)),
              f"bolus arrival: {result.prepared.bolus.arrival_s:.1f} s"]
     page.text(LEFT + 4 * (TILE + GAP), ROW_TOP[0], "\n".join(lines), va="top", family="monospace", fontsize=11)
     with atomic_path(path, suffix=".png") as tmp:
         page.image().save(tmp, format="PNG", compress_level=1)
     return Path(path)
+
+
+def uncertainty_lines(ranges) -> list:
+    """With posterior SDs (method 'bayes'): the volume ranges they imply (report.json's volume_ranges_ml)."""
+    if not ranges:
+        return []
+    return ["95 % per-voxel intervals give:"] + [
+        f"  {label} {ranges[key][0]:.1f}-{ranges[key][1]:.1f} ml"
+        for key, label in (("core_ml", "core"), ("penumbra_ml", "penumbra"), ("hypoperfused_ml", "Tmax > 6 s"))]
 
 
 def draw_curves(page: "Page", result, t, box) -> None:
