@@ -23,7 +23,7 @@ def aif_hu(t):
     """A gamma-variate bolus peaking at 300 HU ~10 s after 6 s, and a recirculation of 30 HU."""
     first = np.where(t > 6, ((t - 6) / 4.0) ** 3 * np.exp(-(t - 6) / 1.3), 0.0)
     second = np.where(t > 20, ((t - 20) / 6.0) ** 2 * np.exp(-(t - 20) / 3.0), 0.0)
-    return 300 * first / first.max() + 30 * second / second.max()
+    return 300 * first / ((3.9 / 4.0) ** 3 * np.exp(-3.0)) + 30 * second / np.exp(-2.0)  # over their maxima
 
 
 def residue(shape, mtt_s, t):
@@ -65,8 +65,8 @@ def posterior_of(tissue, aif, dt_s):
     return bayes.posterior(tissue, bayes.fitted_model(tissue, aif, dt_s))
 
 
-# shape: (|median flow error| bound, |median Tmax error| bound [s]); measured: exponential -12.4 %, +0.19 s;
-# gamma3 +1.6 %, +0.88 s; box +24.2 %, +1.18 s; lognormal +10.9 %, +1.03 s; two-compartment -29.2 %, -0.48 s
+# shape: (|median flow error| bound, |median Tmax error| bound [s]); measured: exponential -10.5 %, +0.17 s;
+# gamma3 +2.2 %, +0.87 s; box +23.5 %, +1.14 s; lognormal +11.4 %, +1.00 s; two-compartment -28.5 %, -0.52 s
 BOUNDS = {"exponential": (0.15, 1.0), "gamma3": (0.10, 1.0), "box": (0.30, 1.5), "lognormal": (0.15, 1.5),
           "two-compartment": (0.35, 1.0)}
 
@@ -85,8 +85,9 @@ def test_flow_and_tmax_inside_and_outside_the_prior(shape):
 
 @pytest.mark.parametrize("shape", ["exponential", "gamma3"])
 def test_flow_interval_covers_the_truth_inside_the_prior(shape):
-    """The 95 % interval (mean +- 1.96 SD) holds the true flow in 79-93 % of voxels (exponential residues, seeds
-    0-3: the flow reads ~12 % low there) and 90-98 % (gamma); the issue asked 90-98 %."""
+    """The 95 % interval (mean +- 1.96 SD) holds the true flow in 87 % of voxels (exponential residues: the flow
+    reads ~10 % low there; 79-93 % over seeds 0-3 before a fix of the prior's grid) and 99 % (gamma); the issue
+    asked 90-98 %."""
     tissue, aif, flow, _ = population(shape, seed=1)
     post = posterior_of(tissue, aif, 1.0)
     covered = float(np.mean(np.abs(post.flow_per_s - flow) <= 1.96 * post.flow_sd_per_s))
@@ -96,15 +97,15 @@ def test_flow_interval_covers_the_truth_inside_the_prior(shape):
 
 @pytest.mark.parametrize("dt_s", [1.0, 1.5, 2.0])
 def test_flow_barely_moves_with_the_tissue_delay(dt_s):
-    """Gamma residues at delays of -3 to +5 s: the median flow spreads by 11 % (1 s frames), 9 % (1.5 s) and 8 %
-    (2 s), measured; the issue asked 5 %. The SVD methods' delay test is in test_deconvolution.py."""
+    """Gamma residues at delays of -3 to +5 s: the median flow spreads by 4.1 % (1 s frames), 3.4 % (1.5 s) and
+    6.1 % (2 s), measured; the issue asked 5 %. The SVD methods' delay test is in test_deconvolution.py."""
     medians = []
     for delay in (-3.0, -1.0, 0.0, 2.0, 5.0):
         tissue, aif, flow, _ = population("gamma3", n=200, dt_s=dt_s, noise_hu=0.5, delay_s=(delay, delay), seed=1)
         medians.append(float(np.median(posterior_of(tissue, aif, dt_s).flow_per_s / flow)))
     spread = max(medians) / min(medians) - 1.0
     print(f"\n{dt_s} s frames: median flow / truth {np.round(medians, 3)}, spread {spread:.3f}")
-    assert spread <= 0.13
+    assert spread <= 0.08
 
 
 def test_posterior_is_the_same_on_one_or_two_threads(monkeypatch):
@@ -128,12 +129,33 @@ def test_bad_aif_or_frame_interval_is_one_clear_error():
             bayes.build_model(aif, dt_s, basis)
 
 
+def test_a_short_series_keeps_finite_sds():
+    """14 frames: the delays whose model curves barely enter the series (the prior reaches +15 s) are not in the
+    grid, so no flow or SD explodes (a curve rising in the last frames read 780 /s, SDs up to 558 /s, before)."""
+    tissue, aif, flow, _ = population("gamma3", n=200, duration_s=14.0, delay_s=(0.0, 1.0))
+    model = bayes.fitted_model(tissue, aif, 1.0)
+    assert model.grid.delay_s.max() <= 11.0
+    post = bayes.posterior(tissue, model)
+    assert np.all(np.isfinite(post.flow_sd_per_s)) and np.all(post.flow_sd_per_s < 5 * np.median(flow))
+    assert np.all(post.flow_per_s < 5 * flow.max())
+
+
+def test_options_the_method_does_not_take_are_one_clear_error(tmp_path):
+    from AIFSelectorLib.maps.perfusion_maps import maps_from_curves
+    tissue, aif, _, _ = population("gamma3", n=20)
+    with pytest.raises(ValueError, match="takes only model"):
+        maps_from_curves(tissue, aif, 1.0, "bayes")
+    with pytest.raises(ValueError, match="takes only model"):
+        maps_from_curves(tissue, aif, 1.0, "bayes", threshold=0.1)
+
+
 def test_model_needs_its_noise_and_grid_is_stated():
     tissue, aif, _, _ = population("gamma3", n=50)
     model = bayes.build_model(aif, 1.0, bayes.curve_subspace(aif.size))
     with pytest.raises(ValueError, match="noise"):
         bayes.posterior(tissue, model)
     prior = bayes.BayesPrior()
+    np.testing.assert_array_equal(np.unique(model.grid.delay_s), prior.delays_s())  # 48 s: every delay kept
     assert len(model.norm) == len(prior.mtt_grid_s()) * len(prior.shapes) * len(prior.dispersions_s) * len(
         prior.delays_s())
     # the flow of the maps is F * max R_eff: 1 without dispersion, below 1 with it

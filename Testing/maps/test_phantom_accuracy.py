@@ -53,7 +53,7 @@ def test_true_aif_core_penumbra_and_healthy_maps(case, method):
 
 def test_bayes_true_aif_maps_uncertainty_and_decisions(case):
     """The Bayesian method on the same cases: Dice, healthy maps and the posterior SDs' coverage (measured on seeds
-    0-5 by bench_phantom_accuracy.py; here seeds 0 and 2: GM CBF -5.9 % and -3.6 %, Tmax +0.36 and +0.41 s)."""
+    0-5 by bench_phantom_accuracy.py; here seeds 0 and 2: GM CBF -5.9 % and -4.7 %, Tmax +0.35 and +0.54 s)."""
     prepared = prepare(case.series)
     p = compute_maps(prepared, _true_functions(case), method="bayes")
     voxel_ml = case.series.geometry.voxel_volume_ml

@@ -129,6 +129,9 @@ def test_bayes_maps_show_their_sds_in_the_side_panel_and_probe(small_ctp, app):
     z, y, x = np.argwhere(app.session.perfusion.tissue)[0]
     app._probe(list(zyx_to_ras([(z, y, x)], series.geometry)[0]))
     assert "CBF SD" in app.state.probe and "Tmax SD" in app.state.probe
+    run(app.create_segments())
+    ranges = app.session.case_result().volume_ranges  # what an export writes into report.json and report.png
+    assert ranges["core_ml"][0] <= app.state.volumes["core_ml"] <= ranges["core_ml"][1]
     app.state.method = "osvd"
     run(app.compute_maps())  # no stale SDs beside another method's maps
     assert [m["key"] for m in app.state.map_legend] == ["cbf", "cbv", "mtt", "tmax", "ttp", "rcbf"]

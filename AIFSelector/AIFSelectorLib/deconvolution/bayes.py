@@ -58,7 +58,9 @@ from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.prepare.preprocessing import usable_cores
 
 FINE_DT_S = 0.1
-"""Time step [s] of the grid on which the model curves are convolved before they are read at the frames."""
+"""Time step [s] of the grid on which the model curves are convolved before they are read at the frames: a tenth
+of the shortest CT frame intervals (1 s), so that delays and the cell-averaged residues are resolved (the cell
+average of R's first 0.1 s is 1.2 % below R(0) = 1 at MTT 4 s, exponential residue)."""
 CHUNK_VOXELS = 2048
 """Voxels per chunk of the posterior (a few (chunk, n_grid) float32 arrays)."""
 LOG_WEIGHT_FLOOR = -40.0
@@ -67,8 +69,12 @@ after it stays a normal float32 (subnormal numbers, from exp(x < -87), make each
 the mass this adds, at most G e^-40 ~ 1e-13 of the total, changes no result."""
 SEARCH_ROWS = 128
 """Curves per block of the coarse delay search (a (128, n_coarse) float32 array stays in the CPU cache)."""
+MIN_CURVE_NORM = 0.01
+"""Grid delays whose model curves keep under this fraction of their shape's largest norm (the bolus leaving the
+series' end) are left out: such a curve's flow would carry over 100 times the noise of the best delay's (a choice;
+without it a curve rising in a 14-frame series' last frames read a flow of 780 /s)."""
 EM_CHUNK_VOXELS = 250
-"""Sampled curves per chunk of the prior's E-step."""
+"""Sampled curves per chunk of the prior's E-step and the noise estimate (a (250, G) float32 array, ~5-20 MB)."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,8 @@ class BayesModel:
 
 @dataclass
 class Posterior:
-    """Per-voxel posterior summaries (n,) float32: flow F [1/s] and Tmax [s], means and SDs."""
+    """Per-voxel posterior summaries (n,) float32: the flow of the maps max_t F.R_eff(t) [1/s] and Tmax [s],
+    means and SDs."""
 
     flow_per_s: np.ndarray
     flow_sd_per_s: np.ndarray
@@ -163,7 +170,7 @@ def curve_subspace(n_frames: int, spanning: Optional[np.ndarray] = None) -> np.n
     if spanning is None:
         return np.eye(n_frames, dtype=np.float32)
     q, r = np.linalg.qr(np.asarray(spanning, np.float64).T)
-    keep = np.abs(np.diag(r)) > 1e-9 * np.abs(np.diag(r)).max()
+    keep = np.abs(np.diag(r)) > 1e-9 * np.abs(np.diag(r)).max()  # drops only exactly dependent rows
     return q[:, keep].astype(np.float32)
 
 
@@ -184,7 +191,8 @@ def effective_residues(prior: BayesPrior, n: int) -> Tuple[np.ndarray, Grid]:
         nfft = 1 << int(np.ceil(np.log2(2 * n)))
         residue[dispersed] = np.fft.irfft(np.fft.rfft(residue[dispersed], nfft) * np.fft.rfft(kernel, nfft),
                                           nfft)[:, :n]
-    peak = residue.argmax(1) * FINE_DT_S  # the start of the cell holding the maximum (0 without dispersion)
+    # without dispersion R is largest at t = 0; a dispersed R_eff at the centre of the cell holding its maximum
+    peak = np.where(dispersed, (residue.argmax(1) + 0.5) * FINE_DT_S, 0.0)
     height = np.where(dispersed, residue.max(1), 1.0)
     return residue, Grid(mtt, k, beta, np.zeros_like(mtt), peak, height)
 
@@ -211,12 +219,12 @@ def build_model(aif: np.ndarray, dt_s: float, basis: np.ndarray, prior: BayesPri
     t_frames = np.arange(n_frames) * dt_s
     n = int(np.ceil((t_frames[-1] - prior.delay_range_s[0]) / FINE_DT_S)) + 4
     residues, shapes = effective_residues(prior, n)
+    delays = prior.delays_s()
     aif_fine = smooth_aif(aif, t_frames, np.arange(n) * FINE_DT_S)
     nfft = 1 << int(np.ceil(np.log2(2 * n)))
     conv = np.fft.irfft(np.fft.rfft(residues, nfft) * np.fft.rfft(aif_fine, nfft)[None], nfft)[:, :n] * FINE_DT_S
     # conv[:, j + 1]: the convolution at (j + 1/2) fine steps (cell averages); conv[:, 0] = 0 before the bolus
     conv = np.concatenate([np.zeros((len(conv), 1)), conv], axis=1)
-    delays = prior.delays_s()
     position = (t_frames[None] - delays[:, None]) / FINE_DT_S + 0.5  # (D, T) on conv's columns
     position = np.clip(position, 0.0, n - 1e-6)
     i0 = np.floor(position).astype(int)
@@ -225,7 +233,13 @@ def build_model(aif: np.ndarray, dt_s: float, basis: np.ndarray, prior: BayesPri
     curves = curves.transpose(1, 0, 2).reshape(-1, n_frames)  # delay-major: entry = d * P + p
     coords = curves @ basis.astype(np.float64)
     norm = np.sqrt((coords ** 2).sum(1))
-    norm = np.maximum(norm, 1e-12 * max(norm.max(), 1e-30))
+    # delays so late that some shape's curve has barely entered the series (under MIN_CURVE_NORM of that shape's
+    # largest norm) leave the grid: their flow, one over that norm, would be free and its SD without bound
+    by_delay = norm.reshape(len(delays), -1)
+    kept = int(np.cumprod((by_delay / by_delay.max(0)).min(1) >= MIN_CURVE_NORM).sum())
+    if kept == 0:
+        raise InputError(f"the series ({t_frames[-1]:g} s) is too short for the Bayesian model's delay range")
+    delays, coords, norm = delays[:kept], coords[:kept * len(by_delay[0])], norm[:kept * len(by_delay[0])]
     p = len(shapes.mtt_s)
     grid = Grid(np.tile(shapes.mtt_s, len(delays)), np.tile(shapes.shape, len(delays)),
                 np.tile(shapes.beta_s, len(delays)), np.repeat(delays, p),
@@ -333,8 +347,9 @@ def _weights(scaled, columns: _Columns, ops=_NumpyOps):
     given as scaled coordinates (n, K): coordinates in the model's basis divided by sigma * sqrt(2).
 
     With Gaussian noise and p(F) ~ 1/F the flow integrates out to p(c | g) ~ exp(P^2 / (2 sigma^2)) / P, with
-    P = c . unit_g clipped at 0, i.e. exp(P'^2) / P'; P' is floored at 1/sqrt(2) (P at sigma) in the 1/P'
-    (curves that a model shape does not explain at all). The row maximum subtracted before the exponential is
+    P = c . unit_g clipped at 0, i.e. exp(P'^2) / P' (the large-P, Laplace form of the integral, which diverges
+    at F -> 0 under 1/F); P' is floored at 1/sqrt(2) (P at sigma) in the 1/P' (curves that a model shape does
+    not explain at all). The row maximum subtracted before the exponential is
     that of P'^2 + log prior: the 1/P' factor is at most sqrt(2), so nothing overflows; see LOG_WEIGHT_FLOOR."""
     p = ops.clamp_min_(scaled @ columns.unit, 0.0)
     w = p * p
@@ -351,13 +366,14 @@ def _scaled(coords, noise_hu: float):
 
 
 def noise_sd(coords: np.ndarray, model: BayesModel) -> float:
-    """Noise SD per coordinate [HU] from each curve's best grid fit: sqrt(median RSS / (K - 4)), four fitted
-    parameters (F, MTT, shape, delay) in K coordinates."""
+    """Noise SD per coordinate [HU] from each curve's best grid fit: sqrt(median RSS / (K - p)), p fitted
+    parameters (F, MTT, shape, delay, and the dispersion when the grid has several) in K coordinates."""
     c = np.asarray(coords, np.float32)
     best = np.concatenate([np.maximum((c[i:i + EM_CHUNK_VOXELS] @ model.unit).max(1), 0.0)
                            for i in range(0, len(c), EM_CHUNK_VOXELS)]).astype(np.float64)  # chunks: bounded memory
     rss = np.maximum((c.astype(np.float64) ** 2).sum(1) - best ** 2, 0.0)
-    dof = max(1, c.shape[1] - 4)
+    dof = max(1, c.shape[1] - 4 - (len(model.prior.dispersions_s) > 1))
+    # floored at a millionth of the largest coordinate: noise-free (synthetic) curves still get a finite likelihood
     return float(max(np.sqrt(np.median(rss) / dof), 1e-6 * np.abs(c).max(initial=1e-30)))
 
 
@@ -371,8 +387,9 @@ def _coarse_grid(model: BayesModel) -> Tuple[np.ndarray, np.ndarray]:
     mtt_index = np.searchsorted(mtts, g.mtt_s - 1e-9)
     columns = np.flatnonzero((delay_index % step == 0) & (mtt_index % 2 == 0))
     last_delay = (delay_index.max() // step) * step
-    near_delay = np.minimum(np.round(delay_index / step).astype(int) * step, last_delay)
-    near_mtt = np.minimum(np.round(mtt_index / 2).astype(int) * 2, ((len(mtts) - 1) // 2) * 2)
+    # ties go up (np.round would send them to the even neighbour: 1, 2 or 3 children per coarse point)
+    near_delay = np.minimum(np.floor(delay_index / step + 0.5).astype(int) * step, last_delay)
+    near_mtt = np.minimum(np.floor(mtt_index / 2 + 0.5).astype(int) * 2, ((len(mtts) - 1) // 2) * 2)
 
     def key(d, m, k, b):
         return ((d * len(mtts) + m) * 1000 + np.round(k * 10).astype(int)) * 1000 + np.round(b * 10).astype(int)
@@ -428,7 +445,8 @@ def fitted_model(sample: np.ndarray, aif: np.ndarray, dt_s: float, spanning: Opt
 
 def _summaries(scaled, columns: _Columns, ops=_NumpyOps) -> Tuple[np.ndarray, ...]:
     """Posterior mean and SD of the flow of the maps, max_t F.R_eff(t) [1/s], and of Tmax [s] (four (n,) float32
-    numpy arrays) of curves given as scaled coordinates (:func:`_weights`)."""
+    numpy arrays) of curves given as scaled coordinates (:func:`_weights`). Given a column, the flow is taken as
+    Gaussian, mean P / |model curve| and variance (sigma / |model curve|)^2 (times max R_eff^2)."""
     w, p = _weights(scaled, columns, ops)
     sums = [w.sum(1)] + [ops.row_sums(w, column) for column in columns.moments]
     w *= p
@@ -449,7 +467,9 @@ def posterior(curves: np.ndarray, model: BayesModel, chunk_voxels: int = CHUNK_V
     computes it); 'cpu', 'cuda' or 'auto': torch on that device, one chunk after another.
 
     Each curve's delay window is centred on the coarse grid's best delay by P'^2 + log prior (the 1/P' factor
-    left out: it moves the choice by under a coarse step)."""
+    left out: it moves the choice by under a coarse step). The means and SDs are those of the posterior within
+    that window (+-``window_s``): mass at delays further away is left out, so where the data leave the delay open
+    (noise-only curves, deep core) the Tmax SD is at most about the window's."""
     if model.noise_hu is None:
         raise ValueError("the model has no noise estimate: run fit_prior first")
     ops = _NumpyOps if device is None else _TorchOps(device)

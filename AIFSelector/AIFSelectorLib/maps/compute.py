@@ -83,6 +83,9 @@ def compute_maps(prepared: PreparedSeries, functions: InputFunctions, method: st
         return enhancement(series.data[:, zs], prepared.baseline_hu[zs])[:, where].T
 
     if method == "bayes" and "model" not in deconvolution_options:  # options: prior=, seed= of brain_prior
+        unknown = set(deconvolution_options) - {"prior", "seed"}
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for bayes: valid are model, prior, seed")
         deconvolution_options = {"model": brain_prior(tissue, all_slabs, slab_curves, aif_enh, series.dt_s,
                                                       denoised, **deconvolution_options)}
     for i, zs in enumerate(all_slabs):

@@ -122,6 +122,9 @@ def maps_from_curves(tissue: np.ndarray, aif: np.ndarray, dt_s: float, method: s
     if method == "bayes":
         from AIFSelectorLib.deconvolution.bayes import posterior
 
+        if set(deconvolution_options) != {"model"}:
+            raise ValueError("method 'bayes' takes only model= (the series' model: maps.compute.brain_prior), "
+                             f"got {sorted(deconvolution_options)}")
         result = posterior(tissue, deconvolution_options["model"], device=device)
         extra = {"cbf_sd": cbf_ml_100g_min(result.flow_sd_per_s, physiology), "tmax_sd": result.tmax_sd_s}
     else:

@@ -24,7 +24,7 @@ from AIFSelectorLib.maps.compute import UNCERTAINTY_NAMES, PerfusionMaps, comput
 from AIFSelectorLib.prepare.prepared import PreparedSeries, prepare
 from AIFSelectorLib.prepare.preprocessing import THREADS_ENV, affinity_cores, usable_cores
 from AIFSelectorLib.thresholds.decision import (Thresholds, decide, hypoperfusion_intensity_ratio, lesion_volumes,
-                                                volume_ranges)
+                                                volume_ranges, INTERVAL_Z)
 MAP_FILES = ("cbf", "cbv", "mtt", "tmax", "ttp", "rcbf", "rcbv")
 
 
@@ -88,10 +88,7 @@ def run_case(series: CTPSeries, options: RunOptions = RunOptions(), progress=Non
     voxel_ml = series.geometry.voxel_volume_ml
     core, penumbra = decide(perfusion.maps["rcbf"], perfusion.maps["tmax"], perfusion.tissue, voxel_ml,
                             options.thresholds)
-    ranges = None
-    if "cbf_sd" in perfusion.maps:
-        ranges = volume_ranges(perfusion.maps, perfusion.tissue, perfusion.control["cbf_control"], voxel_ml,
-                               options.thresholds)
+    ranges = uncertainty_ranges(perfusion, voxel_ml, options.thresholds)
     timings["decision"] = time.perf_counter() - t0
     result = CaseResult(prepared, functions, perfusion, core, penumbra,
                         {**lesion_volumes(core, penumbra, voxel_ml),
@@ -105,6 +102,14 @@ def run_case(series: CTPSeries, options: RunOptions = RunOptions(), progress=Non
             device=options.device or "auto")
         timings["lesion_model"] = time.perf_counter() - t0
     return result
+
+
+def uncertainty_ranges(perfusion: PerfusionMaps, voxel_ml: float, thresholds: Thresholds):
+    """The volume ranges the posterior SD maps imply (thresholds.decision.volume_ranges: the rule on the maps, not
+    on any edited segments), or None for a method without them."""
+    if "cbf_sd" not in perfusion.maps:
+        return None
+    return volume_ranges(perfusion.maps, perfusion.tissue, perfusion.control["cbf_control"], voxel_ml, thresholds)
 
 
 def input_section(series: CTPSeries, source: str, note: str = "") -> dict:
@@ -148,7 +153,7 @@ def report_dict(result: CaseResult, source: str = "", note: str = "") -> dict:
                            **({"cbf_sd": "ml/100g/min", "tmax_sd": "s"} if "cbf_sd" in p.maps else {})}},
         "models": dict(f.details.get("models", {})),
         "warnings": list(result.prepared.warnings) + list(f.warnings),
-        **({"volume_ranges_ml": {**result.volume_ranges, "interval": "95 % per voxel (posterior mean +- 1.96 SD)"}}
+        **({"volume_ranges_ml": result.volume_ranges, "volume_ranges_z": INTERVAL_Z}
            if result.volume_ranges is not None else {}),
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
         "threads": thread_report(),

@@ -320,7 +320,7 @@ def save_report_figure(result, path, source: Optional[dict] = None) -> Path:
              *([f"lesion ({result.options.lesion_model}): {result.lesion_info.get('lesion_ml', float('nan')):.1f} ml"]
                if result.lesion is not None else []),
              f"deconvolution: {result.options.method}",
-             *uncertainty_lines(getattr(result, "volume_ranges", None)),
+             *uncertainty_lines(getattr(result, "volume_ranges", None), th.tmax_s),
              f"bolus arrival: {result.prepared.bolus.arrival_s:.1f} s"]
     page.text(LEFT + 4 * (TILE + GAP), ROW_TOP[0], "\n".join(lines), va="top", family="monospace", fontsize=11)
     with atomic_path(path, suffix=".png") as tmp:
@@ -328,13 +328,14 @@ def save_report_figure(result, path, source: Optional[dict] = None) -> Path:
     return Path(path)
 
 
-def uncertainty_lines(ranges) -> list:
+def uncertainty_lines(ranges, tmax_s: float) -> list:
     """With posterior SDs (method 'bayes'): the volume ranges they imply (report.json's volume_ranges_ml)."""
     if not ranges:
         return []
     return ["95 % per-voxel intervals give:"] + [
         f"  {label} {ranges[key][0]:.1f}-{ranges[key][1]:.1f} ml"
-        for key, label in (("core_ml", "core"), ("penumbra_ml", "penumbra"), ("hypoperfused_ml", "Tmax > 6 s"))]
+        for key, label in (("core_ml", "core"), ("penumbra_ml", "penumbra"),
+                           ("hypoperfused_ml", f"Tmax > {tmax_s:g} s"))]
 
 
 def draw_curves(page: "Page", result, t, box) -> None:

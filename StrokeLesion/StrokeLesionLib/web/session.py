@@ -334,7 +334,7 @@ class ReviewSession:
     def case_result(self):
         """The pipeline's CaseResult of what the page shows now: the active curves, the maps, the segments as
         edited (core, penumbra, lesion) and their volumes."""
-        from StrokeLesionLib.case.pipeline import CaseResult, RunOptions
+        from StrokeLesionLib.case.pipeline import CaseResult, RunOptions, uncertainty_ranges
         if self.perfusion is None or self.segmentation() is None:
             raise InputError("compute the maps and the segments before exporting")
         prepared = self.aif.prepared(self.series())
@@ -357,7 +357,8 @@ class ReviewSession:
                              thresholds=self.lesion.thresholds(),
                              lesion_model=self.lesion.getParameter("lesionModel"))
         result = CaseResult(prepared, functions, self.perfusion, core, penumbra, volumes,
-                            dict(self.timings.seconds), options)
+                            dict(self.timings.seconds), options,
+                            volume_ranges=uncertainty_ranges(self.perfusion, voxel_ml, options.thresholds))
         lesion = self.lesion.segmentMask(role="lesion")
         if lesion is not None:
             result.lesion = lesion
