@@ -163,6 +163,28 @@ def test_click_on_an_artery_corrects_the_aif_and_recompute_changes_the_maps(phan
         assert web.state("curves")["aif_hu"] == corrected["aif_auto_hu"]
 
 
+def test_bayes_chosen_in_the_page_shows_its_uncertainty_maps(phantom, tmp_path):
+    case, path = phantom
+    with WebApp(path, tmp_path) as web:
+        open_and_select(web)
+        field = web.find("#method").find_element("xpath", "./ancestor::div[contains(@class, 'v-field')][1]")
+        field.click()  # the deconvolution choice, opened as a user opens it (its box, not the hidden input)
+        item = web.wait(lambda: [e for e in web.driver.find_elements(
+            "xpath", "//div[contains(@class, 'v-list-item')][normalize-space(.)='bayes']") if e.is_displayed()],
+            30, "the bayes item")[0]
+        item.click()
+        web.wait(lambda: web.state("method") == "bayes", 10, "the method")
+        web.click("compute-maps")
+        web.wait_idle("maps_ready")
+        web.wait(lambda: web.state("layout") == "maps", 30, "the maps layout")
+        rows = [r.text for r in web.driver.find_elements("css selector", "#map-legend tr")]
+        assert any(r.startswith("CBF SD 0") and "ml/100g/min" in r for r in rows), rows
+        assert any(r.startswith("Tmax SD 0") and r.endswith("s") for r in rows), rows
+        web.driver.execute_script("document.getElementById('map-legend').scrollIntoView({block: 'center'})")
+        time.sleep(1.5)  # the views' next frame
+        shot(web, "07-bayes-uncertainty")
+
+
 def test_paint_into_core_changes_the_volume_and_the_export_keeps_it(phantom, tmp_path):
     from AIFSelectorLib.mrml.scene import open_bundle
     from StrokeLesionLib.mrml.stroke_lesion_logic import StrokeLesionLogic
