@@ -239,8 +239,8 @@ def build_model(aif: np.ndarray, dt_s: float, basis: np.ndarray, prior: BayesPri
     kept = int(np.cumprod((by_delay / by_delay.max(0)).min(1) >= MIN_CURVE_NORM).sum())
     if kept == 0:
         raise InputError(f"the series ({t_frames[-1]:g} s) is too short for the Bayesian model's delay range")
-    delays, coords, norm = delays[:kept], coords[:kept * len(by_delay[0])], norm[:kept * len(by_delay[0])]
-    p = len(shapes.mtt_s)
+    p = by_delay.shape[1]  # the grid's residues per delay
+    delays, coords, norm = delays[:kept], coords[:kept * p], norm[:kept * p]
     grid = Grid(np.tile(shapes.mtt_s, len(delays)), np.tile(shapes.shape, len(delays)),
                 np.tile(shapes.beta_s, len(delays)), np.repeat(delays, p),
                 np.repeat(delays, p) + np.tile(shapes.tmax_s, len(delays)), np.tile(shapes.height, len(delays)))
@@ -349,8 +349,8 @@ def _weights(scaled, columns: _Columns, ops=_NumpyOps):
     With Gaussian noise and p(F) ~ 1/F the flow integrates out to p(c | g) ~ exp(P^2 / (2 sigma^2)) / P, with
     P = c . unit_g clipped at 0, i.e. exp(P'^2) / P' (the large-P, Laplace form of the integral, which diverges
     at F -> 0 under 1/F); P' is floored at 1/sqrt(2) (P at sigma) in the 1/P' (curves that a model shape does
-    not explain at all). The row maximum subtracted before the exponential is
-    that of P'^2 + log prior: the 1/P' factor is at most sqrt(2), so nothing overflows; see LOG_WEIGHT_FLOOR."""
+    not explain at all). The row maximum subtracted before the exponential is that of P'^2 + log prior: the 1/P'
+    factor is at most sqrt(2), so nothing overflows; see LOG_WEIGHT_FLOOR."""
     p = ops.clamp_min_(scaled @ columns.unit, 0.0)
     w = p * p
     w += columns.log_prior

@@ -10,9 +10,8 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM, TMAX_THRESHOLD_S
-from AIFSelectorLib.deconvolution import bayes
+from AIFSelectorLib.deconvolution import MAP_METHODS as METHODS, UNCERTAINTY_NAMES, bayes
 from AIFSelectorLib.errors import InputError
-from AIFSelectorLib.deconvolution import MAP_METHODS as METHODS
 from AIFSelectorLib.input_functions.functions import InputFunctions, baseline_removed, vof_scale
 from AIFSelectorLib.input_functions.quality import aif_quality_flags
 from AIFSelectorLib.maps.perfusion_maps import Physiology, maps_from_curves, relative_maps
@@ -20,8 +19,6 @@ from AIFSelectorLib.prepare.prepared import PreparedSeries
 from AIFSelectorLib.prepare.preprocessing import enhancement, slabs
 
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp")
-UNCERTAINTY_NAMES = ("cbf_sd", "tmax_sd")
-"""Posterior SDs of CBF [ml/100 g/min] and Tmax [s]: the Bayesian method's maps beside MAP_NAMES."""
 MAPS_REVISION = 3
 """Raised whenever the maps of a series change (2: edge-preserving denoising, CSF on the temporal mean; 3: matrices
 finer than the filter grid denoised on its blocks), so that caches of maps (training data) are not reused across

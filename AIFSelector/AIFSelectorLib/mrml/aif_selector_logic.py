@@ -26,7 +26,7 @@ import numpy as np
 from AIFSelectorLib.mrml import conversion as mc
 from AIFSelectorLib.constants import DENOISE_SIGMA_MM, TMAX_THRESHOLD_S
 from AIFSelectorLib.ctp_series import CTPSeries
-from AIFSelectorLib.deconvolution import MAP_METHODS as METHODS
+from AIFSelectorLib.deconvolution import MAP_METHODS as METHODS, UNCERTAINTY_NAMES
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.input_functions.functions import InputFunctions, manual_input_functions
 from AIFSelectorLib.input_functions.policy import SELECTORS, canonical_selector, select_input_functions
@@ -60,8 +60,8 @@ PARAMETERS = {
 """Scalar parameters and their defaults. frameInterval 0 means: frame times from the sequence."""
 
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp", "rcbf", "rcbv")
-SD_NAMES = {"cbf_sd": "cbfSD", "tmax_sd": "tmaxSD"}
-"""The Bayesian method's posterior SD maps and their parameter stems."""
+SD_NAMES = {k: k[:-len("_sd")] + "SD" for k in UNCERTAINTY_NAMES}
+"""The Bayesian method's posterior SD maps and their parameter stems (cbf_sd: cbfSDVolume)."""
 MAP_PARAMETERS = {**{k: f"{k}Volume" for k in MAP_NAMES}, **{k: f"{v}Volume" for k, v in SD_NAMES.items()}}
 NODE_PARAMETERS = ("inputSequence", "curvesTable", "curvesChart", "aifPvolVolume", "vofPvolVolume",
                    "arteryMarkups", "veinMarkups", "tissueMask") + tuple(MAP_PARAMETERS.values())

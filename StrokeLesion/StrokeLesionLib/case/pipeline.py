@@ -20,7 +20,8 @@ from AIFSelectorLib.input_functions.functions import InputFunctions
 from AIFSelectorLib.input_functions.policy import select_input_functions
 from AIFSelectorLib.io import aif_csv
 from AIFSelectorLib.io.volume_io import atomic_path, write_volume
-from AIFSelectorLib.maps.compute import UNCERTAINTY_NAMES, PerfusionMaps, compute_maps
+from AIFSelectorLib.deconvolution import UNCERTAINTY_NAMES
+from AIFSelectorLib.maps.compute import PerfusionMaps, compute_maps
 from AIFSelectorLib.prepare.prepared import PreparedSeries, prepare
 from AIFSelectorLib.prepare.preprocessing import THREADS_ENV, affinity_cores, usable_cores
 from AIFSelectorLib.thresholds.decision import (Thresholds, decide, hypoperfusion_intensity_ratio, lesion_volumes,

@@ -320,7 +320,7 @@ def save_report_figure(result, path, source: Optional[dict] = None) -> Path:
              *([f"lesion ({result.options.lesion_model}): {result.lesion_info.get('lesion_ml', float('nan')):.1f} ml"]
                if result.lesion is not None else []),
              f"deconvolution: {result.options.method}",
-             *uncertainty_lines(getattr(result, "volume_ranges", None), th.tmax_s),
+             *uncertainty_lines(result.volume_ranges, th.tmax_s),
              f"bolus arrival: {result.prepared.bolus.arrival_s:.1f} s"]
     page.text(LEFT + 4 * (TILE + GAP), ROW_TOP[0], "\n".join(lines), va="top", family="monospace", fontsize=11)
     with atomic_path(path, suffix=".png") as tmp:

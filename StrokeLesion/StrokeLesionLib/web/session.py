@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from AIFSelectorLib.deconvolution import UNCERTAINTY_NAMES
 from AIFSelectorLib.errors import InputError
 from AIFSelectorLib.input_functions.functions import InputFunctions
 from AIFSelectorLib.mrml import conversion as mc
@@ -227,7 +228,7 @@ class ReviewSession:
         """The compare views' six maps, then the posterior SDs where the method gave them (their colour bars and
         values in the side panel and the data probe)."""
         nodes = {k: self.aif.mapVolume(k) for k in ("cbf", "cbv", "mtt", "tmax", "ttp", "rcbf")}
-        sds = {k: self.aif.mapVolume(k) for k in ("cbf_sd", "tmax_sd")}
+        sds = {k: self.aif.mapVolume(k) for k in UNCERTAINTY_NAMES}
         return {**nodes, **{k: n for k, n in sds.items() if n is not None}}
 
     # ------------------------------------------------------------------------ thresholds and segments
